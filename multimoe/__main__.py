@@ -1,0 +1,5 @@
+import sys
+
+from multimoe.cli import main
+
+sys.exit(main())

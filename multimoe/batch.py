@@ -1,0 +1,89 @@
+"""The batch model and the one place where modality combinations are indexed.
+
+Shapes: B batch, M modalities, F features of a modality, C = 2^M - 1 combinations.
+
+A missing modality keeps a zero tensor of its normal shape and ``present_BM = False``, so batches have static
+shapes and mix any combinations. Missing cells inside an observed modality are 0 with ``cell_missing = True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@functools.cache
+def combinations(num_modalities: int) -> tuple[tuple[int, ...], ...]:
+    """All non-empty modality subsets in the published Flex-MoE order.
+
+    The full set first, then by size descending; within a size, ``itertools.combinations`` order over the
+    modality order. For 4 modalities: 0 = full, 1-4 the triples, 5-10 the pairs, 11-14 the singles.
+    """
+    if num_modalities < 1:
+        raise ValueError(f"need at least one modality, got {num_modalities}")
+    out: list[tuple[int, ...]] = []
+    for size in range(num_modalities, 0, -1):
+        out.extend(itertools.combinations(range(num_modalities), size))
+    return tuple(out)
+
+
+@functools.cache
+def _bitmask_to_index(num_modalities: int) -> Tensor:
+    lut = torch.full((1 << num_modalities,), -1, dtype=torch.long)
+    for idx, combo in enumerate(combinations(num_modalities)):
+        lut[sum(1 << m for m in combo)] = idx
+    return lut
+
+
+def combination_index(present_BM: Tensor) -> Tensor:
+    """Combination index per sample (published order); raises on a sample with no present modality."""
+    present_BM = present_BM.bool()
+    num_modalities = present_BM.shape[1]
+    empty = ~present_BM.any(dim=1)
+    if empty.any():
+        rows = torch.nonzero(empty).flatten()[:5].tolist()
+        raise ValueError(f"sample(s) at batch row(s) {rows} have no present modality; every sample needs at least one")
+    weights = (1 << torch.arange(num_modalities, device=present_BM.device)).long()
+    bits = (present_BM.long() * weights).sum(dim=1)
+    return _bitmask_to_index(num_modalities).to(present_BM.device)[bits]
+
+
+def combination_name(combo: tuple[int, ...] | int, modalities: list[str], sep: str = "+") -> str:
+    """``(0, 2)`` or its index -> ``"fou+kar"`` using modality names."""
+    if isinstance(combo, int):
+        combo = combinations(len(modalities))[combo]
+    return sep.join(modalities[m] for m in combo)
+
+
+@dataclass
+class Batch:
+    """A batch of samples with static shapes.
+
+    inputs: modality -> B x F float tensor (zeros where the modality or a cell is missing)
+    cell_missing: modality -> B x F bool tensor (True where a cell of an observed modality is missing)
+    present_BM: which modalities each sample has
+    labels_B: class indices
+    combo_B: combination index per sample (published order)
+    """
+
+    inputs: dict[str, Tensor]
+    cell_missing: dict[str, Tensor]
+    present_BM: Tensor
+    labels_B: Tensor
+    combo_B: Tensor
+
+    def __len__(self) -> int:
+        return self.labels_B.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            inputs={k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+            cell_missing={k: v.to(device, non_blocking=True) for k, v in self.cell_missing.items()},
+            present_BM=self.present_BM.to(device, non_blocking=True),
+            labels_B=self.labels_B.to(device, non_blocking=True),
+            combo_B=self.combo_B.to(device, non_blocking=True),
+        )

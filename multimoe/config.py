@@ -1,0 +1,292 @@
+"""Configuration: nested dataclasses whose defaults run, YAML presets, dotted overrides, strict loading.
+
+A preset (``configs/*.yaml``) names only what differs from the defaults. Command-line overrides are ``key=value``
+pairs with dotted keys (``model.moe.top_k=2``); values are parsed as YAML scalars. Unknown keys, wrong types and
+unknown registry names fail at load with the valid choices listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: the message says which key and what is valid."""
+
+
+@dataclass
+class SyntheticConfig:
+    modalities: int = 4  # number of generated modalities
+    features: int = 16  # features per modality
+    samples: int = 1200  # rows
+    classes: int = 4  # label classes
+    noise: float = 1.0  # observation noise; higher makes every single modality less informative
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # built-in dataset (see `multimoe datasets`); ignored when `spec` is set
+    spec: str | None = None  # YAML file describing the user's own table (path, label, modalities, categorical)
+    missing: str = "natural"  # missingness protocol: natural | mcar:R (R in [0, 1))
+    label: str | None = None  # label column for datasets that offer several (support2: hospdead | death | dzclass)
+    scaler: str = "standard"  # numeric scaling fit on the training split: standard | quantile
+    val_fraction: float = 0.15  # stratified validation share
+    test_fraction: float = 0.15  # stratified test share
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generator settings (data.name=synthetic)
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = "patch_linear"  # per-modality encoder: patch_linear (Flex-MoE) | mlp
+    hidden: int = 256  # hidden width of the mlp encoder
+    cell_mask: bool = False  # append the within-modality missing-cell mask to the encoder input
+
+
+@dataclass
+class RouterConfig:
+    kind: str = "noisy_topk"  # softmax_topk | noisy_topk (Shazeer 2017)
+    top_k: int = 4  # experts per token
+    supervision: str = "combination"  # gate loss: combination (Flex-MoE G/S-router) | balance (cv² only) | none
+    balance_exclude: str = "own"  # S-router balance excludes: own (the paper) | expert0 (the public code)
+    combination_map: str = "identity"  # combination -> expert: identity (Flex-MoE; needs 2^M-1 experts) | modulo
+
+
+@dataclass
+class MoEConfig:
+    num_experts: int = 16  # experts; raised to 2^M-1 when combination_map=identity needs it (logged)
+    hidden: int = 256  # expert hidden width
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 128  # token width D
+    tokens: int = 16  # tokens per modality P
+    heads: int = 4  # attention heads
+    layers: int = 1  # fusion layers
+    dropout: float = 0.5  # dropout on attention probabilities and on both residual branches
+    ffn: str = "moe"  # fusion feed-forward: moe | dense
+    dense_hidden: int = 0  # hidden width of the dense feed-forward (0: top_k x expert hidden, equal active params)
+    fill: str = "bank"  # missing-modality fill: bank (Flex-MoE) | token | zero
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50  # training epochs
+    warmup_epochs: int = 5  # curriculum epochs with a sorted, unshuffled training set
+    order: str = "descending"  # warm-up sort by number of observed modalities: descending | ascending | random
+    batch_size: int = 8  # training batch size
+    eval_batch_size: int = 512  # batch size for validation and test
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-4  # learning rate
+    weight_decay: float = 0.0  # weight decay
+    gate_loss_weight: float = 0.01  # weight of the router losses in the total loss
+    grad_clip: float = 0.0  # gradient norm clip (0: off)
+    select: str = "accuracy"  # validation metric for the best checkpoint: accuracy | f1 | auc | loss
+    patience: int = 0  # early stopping after this many epochs without improvement (0: off)
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    progress: bool = True  # show a progress bar on stderr
+
+
+@dataclass
+class Config:
+    seed: int = 0  # one seed drives the split, the missingness masks, initialisation and batch order
+    name: str = ""  # run name (default: method-dataset-protocol-seed)
+    method: str = "custom"  # label of the preset this config came from, carried into results
+    out_dir: str = "runs"  # where run folders are written
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, X | None, nested dataclass)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {sorted(_field_types(tp))}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - only the annotations above are used
+        raise ConfigError(f"{key}: unsupported annotation {tp}")
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys under '{prefix or '<top>'}': {', '.join(types_)}"
+        )
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{p}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=1", "c=mcar:0.3"]`` -> nested dict with YAML-parsed scalar values."""
+    tree: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. model.moe.top_k=2)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build and validate a Config from a nested dict (unknown keys and bad values raise ConfigError)."""
+    cfg = _build(Config, values or {})
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Load a YAML preset (or the defaults when ``path`` is None) and apply overrides, strictly."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (presets live in configs/)")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        values = _merge(values, over)
+    return config_from_dict(values)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def replace(cfg: Config, overrides: list[str] | dict) -> Config:
+    """A copy of ``cfg`` with dotted overrides applied (validated)."""
+    over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+    return config_from_dict(_merge(to_dict(cfg), over))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation of values against the registries (imported lazily: the registries live next to what they register)
+
+
+def _choice(key: str, value: str, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(cfg: Config) -> None:
+    from multimoe.data import DATASETS, parse_protocol
+    from multimoe.encoders import ENCODERS
+    from multimoe.missing import FILLS
+    from multimoe.routers import ROUTERS
+
+    if cfg.data.spec is None:
+        _choice("data.name", cfg.data.name, DATASETS)
+    parse_protocol(cfg.data.missing)
+    _choice("data.scaler", cfg.data.scaler, ("standard", "quantile"))
+    for k in ("val_fraction", "test_fraction"):
+        v = getattr(cfg.data, k)
+        if not 0 < v < 0.5:
+            raise ConfigError(f"data.{k}={v} must be in (0, 0.5)")
+    m = cfg.model
+    _choice("model.encoder.kind", m.encoder.kind, ENCODERS)
+    _choice("model.fill", m.fill, FILLS)
+    _choice("model.ffn", m.ffn, ("moe", "dense"))
+    _choice("model.moe.router.kind", m.moe.router.kind, ROUTERS)
+    _choice("model.moe.router.supervision", m.moe.router.supervision, ("combination", "balance", "none"))
+    _choice("model.moe.router.balance_exclude", m.moe.router.balance_exclude, ("own", "expert0"))
+    _choice("model.moe.router.combination_map", m.moe.router.combination_map, ("identity", "modulo"))
+    for k in ("dim", "tokens", "heads", "layers"):
+        _positive(f"model.{k}", getattr(m, k))
+    if m.dim % m.heads:
+        raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+    _positive("model.moe.num_experts", m.moe.num_experts)
+    _positive("model.moe.hidden", m.moe.hidden)
+    _positive("model.moe.router.top_k", m.moe.router.top_k)  # <= num_experts is checked once experts are resolved
+    t = cfg.train
+    _choice("train.order", t.order, ("descending", "ascending", "random"))
+    _choice("train.optimizer", t.optimizer, ("adam", "adamw"))
+    _choice("train.select", t.select, ("accuracy", "f1", "auc", "loss"))
+    for k in ("epochs", "batch_size", "eval_batch_size", "lr"):
+        _positive(f"train.{k}", getattr(t, k))
+    for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads"):
+        _positive(f"train.{k}", getattr(t, k), allow_zero=True)
+    if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
+        raise ConfigError(f"train.device={t.device!r} is not valid; choose cpu, cuda or cuda:N")

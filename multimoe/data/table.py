@@ -1,0 +1,161 @@
+"""A multimodal table: one row per sample, columns grouped into modalities, one label column.
+
+Every dataset, built-in or the user's own, becomes a ``Table`` before splitting and preprocessing. A user brings a
+CSV or Parquet file plus a small YAML spec, or a pandas DataFrame from Python:
+
+    path: patients.csv          # relative to the YAML file
+    label: outcome
+    modalities:
+      demographics: [age, sex]
+      labs: [alb, bili, crea]
+    categorical: [sex]          # optional
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given; the message names the file, column or row and what to do."""
+
+
+@dataclass
+class Table:
+    name: str  # shown in results
+    frame: pd.DataFrame  # one row per sample; holds the label and every modality column
+    label: str  # label column
+    modalities: dict[str, list[str]]  # modality name -> its columns, in order
+    categorical: list[str] = field(default_factory=list)  # columns to one-hot encode (others must be numeric)
+    source: str = ""  # where the data came from, for messages
+    synthetic: bool = False  # generated data: always labelled as such in reports
+
+    def __post_init__(self) -> None:
+        self.modalities = {str(k): [str(c) for c in v] for k, v in self.modalities.items()}
+        self.categorical = [str(c) for c in self.categorical]
+        self.validate()
+
+    @property
+    def where(self) -> str:
+        return f" in {self.source}" if self.source else ""
+
+    def validate(self) -> None:
+        cols = set(map(str, self.frame.columns))
+        if not self.modalities:
+            raise DataError(f"no modalities given{self.where}: map at least one modality name to a list of columns")
+        if self.label not in cols:
+            raise DataError(
+                f"label column '{self.label}' is not in the table{self.where}; columns are: {_preview(self.frame)}"
+            )
+        owner: dict[str, str] = {}
+        for mod, columns in self.modalities.items():
+            if not columns:
+                raise DataError(f"modality '{mod}'{self.where} has no columns; list at least one column")
+            for c in columns:
+                if c not in cols:
+                    raise DataError(
+                        f"modality '{mod}' names column '{c}', which is not in the table{self.where}; "
+                        f"columns are: {_preview(self.frame)}"
+                    )
+                if c == self.label:
+                    raise DataError(
+                        f"the label column '{c}' is listed in modality '{mod}'{self.where}; "
+                        "a label cannot also be a feature: remove it from the modality"
+                    )
+                if c in owner:
+                    raise DataError(
+                        f"column '{c}' is listed in two modalities, '{owner[c]}' and '{mod}'{self.where}; "
+                        "each column belongs to one modality"
+                    )
+                owner[c] = mod
+        for c in self.categorical:
+            if c not in owner:
+                raise DataError(f"categorical column '{c}'{self.where} is not in any modality")
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        label: str,
+        modalities: dict[str, list[str]],
+        categorical: list[str] | None = None,
+        name: str = "table",
+    ) -> Table:
+        """A table from a pandas DataFrame (the Python route for users' own data)."""
+        if not isinstance(frame, pd.DataFrame):
+            raise DataError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+        frame = frame.copy()
+        frame.columns = [str(c) for c in frame.columns]
+        return cls(name=name, frame=frame, label=label, modalities=modalities, categorical=categorical or [])
+
+
+def _preview(frame: pd.DataFrame, n: int = 20) -> str:
+    cols = [str(c) for c in frame.columns]
+    return ", ".join(cols[:n]) + (f", ... ({len(cols)} in all)" if len(cols) > n else "")
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file with a clear error when it is absent or unreadable."""
+    if not path.is_file():
+        raise DataError(f"table file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".csv", ".txt", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        else:
+            raise DataError(f"table file {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet")
+    except DataError:
+        raise
+    except ImportError as e:
+        raise DataError(f"cannot read {path}: {e}; install pyarrow for Parquet files (pip install pyarrow)") from None
+    except Exception as e:  # pandas raises many parser error types
+        raise DataError(f"cannot parse table file {path}: {type(e).__name__}: {e}") from None
+    if frame.shape[0] == 0:
+        raise DataError(f"table file {path} has no rows")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+SPEC_KEYS = ("path", "label", "modalities", "categorical", "name")
+
+
+def load_spec(spec_path: str | Path) -> Table:
+    """A table described by a YAML spec file (keys: path, label, modalities, optional categorical and name)."""
+    spec_path = Path(spec_path)
+    if not spec_path.is_file():
+        raise DataError(f"table spec {spec_path} does not exist")
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(f"table spec {spec_path} is not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"table spec {spec_path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise DataError(f"table spec {spec_path}: unknown key '{unknown[0]}'; valid keys: {', '.join(SPEC_KEYS)}")
+    for key in ("path", "label", "modalities"):
+        if key not in spec:
+            raise DataError(f"table spec {spec_path} lacks the key '{key}'")
+    mods = spec["modalities"]
+    if not isinstance(mods, dict) or not all(isinstance(v, list) for v in mods.values()):
+        raise DataError(f"table spec {spec_path}: 'modalities' must map each modality name to a list of columns")
+    categorical = spec.get("categorical") or []
+    if not isinstance(categorical, list):
+        raise DataError(f"table spec {spec_path}: 'categorical' must be a list of columns")
+    data_path = (spec_path.parent / str(spec["path"])).resolve()
+    frame = read_frame(data_path)
+    table = Table(
+        name=str(spec.get("name") or spec_path.stem),
+        frame=frame,
+        label=str(spec["label"]),
+        modalities=mods,
+        categorical=categorical,
+        source=str(data_path.name),
+    )
+    return table

@@ -1,0 +1,126 @@
+"""Evaluation: accuracy, macro F1 and AUC overall, per modality combination and per combination size.
+
+AUC: binary tasks report the positive class's AUC; multiclass tasks the macro one-vs-rest AUC over the classes that
+occur in the evaluated labels (undefined -> None, e.g. a subset with one class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score, roc_auc_score
+
+from multimoe.batch import combination_name, combinations
+from multimoe.data.dataset import MultimodalData
+
+
+@dataclass
+class Predictions:
+    probs_NC: np.ndarray
+    labels_N: np.ndarray
+    combo_N: np.ndarray
+    loss: float  # mean cross-entropy
+    tokens_per_expert: list[list[int]]  # per MoE layer
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> Predictions:
+    was_training = model.training
+    model.eval()
+    probs, loss_sum, counts = [], 0.0, None
+    for batch in data.batches(batch_size):
+        batch = batch.to(device)
+        out = model(batch)
+        loss_sum += float(F.cross_entropy(out.logits_BC.float(), batch.labels_B, reduction="sum"))
+        probs.append(out.logits_BC.float().softmax(dim=1).cpu())
+        layer_counts = [m.tokens_per_expert_E.cpu() for m in out.moe]
+        counts = layer_counts if counts is None else [a + b for a, b in zip(counts, layer_counts)]
+    model.train(was_training)
+    return Predictions(
+        probs_NC=torch.cat(probs).numpy(),
+        labels_N=data.labels_N.numpy(),
+        combo_N=data.combo_N.numpy(),
+        loss=loss_sum / max(len(data), 1),
+        tokens_per_expert=[c.tolist() for c in counts or []],
+    )
+
+
+def auc_score(labels_N: np.ndarray, probs_NC: np.ndarray) -> float | None:
+    num_classes = probs_NC.shape[1]
+    if num_classes == 2:
+        if len(np.unique(labels_N)) < 2:
+            return None
+        return float(roc_auc_score(labels_N, probs_NC[:, 1]))
+    scores = []
+    for c in range(num_classes):
+        pos = labels_N == c
+        if 0 < pos.sum() < len(labels_N):
+            scores.append(roc_auc_score(pos, probs_NC[:, c]))
+    return float(np.mean(scores)) if scores else None
+
+
+def classification_metrics(labels_N: np.ndarray, probs_NC: np.ndarray) -> dict:
+    if len(labels_N) == 0:
+        return {"n": 0, "accuracy": None, "f1": None, "auc": None}
+    pred_N = probs_NC.argmax(axis=1)
+    return {
+        "n": int(len(labels_N)),
+        "accuracy": float((pred_N == labels_N).mean()),
+        "f1": float(f1_score(labels_N, pred_N, average="macro", zero_division=0)),
+        "auc": auc_score(labels_N, probs_NC),
+    }
+
+
+def metrics_from_predictions(pred: Predictions, modalities: tuple[str, ...]) -> dict:
+    """Overall, per-combination and per-combination-size metrics."""
+    M = len(modalities)
+    combos = combinations(M)
+    per_combination = []
+    for idx in np.unique(pred.combo_N):
+        sel = pred.combo_N == idx
+        per_combination.append(
+            {
+                "combination": combination_name(combos[idx], list(modalities)),
+                "index": int(idx),
+                "size": len(combos[idx]),
+                **classification_metrics(pred.labels_N[sel], pred.probs_NC[sel]),
+            }
+        )
+    size_N = np.array([len(combos[i]) for i in pred.combo_N])
+    per_size = [
+        {"size": int(s), **classification_metrics(pred.labels_N[size_N == s], pred.probs_NC[size_N == s])}
+        for s in sorted(np.unique(size_N), reverse=True)
+    ]
+    return {
+        "overall": classification_metrics(pred.labels_N, pred.probs_NC),
+        "loss": pred.loss,
+        "per_combination": per_combination,
+        "per_size": per_size,
+        "tokens_per_expert": pred.tokens_per_expert,
+    }
+
+
+def evaluate(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> dict:
+    """Metrics of ``model`` on ``data``: overall, per combination, per combination size, mean loss."""
+    return metrics_from_predictions(predict(model, data, batch_size, device), data.schema.modalities)
+
+
+def _fmt(v) -> str:
+    return "  -  " if v is None else f"{v:.4f}"
+
+
+def format_results(result: dict, title: str = "test") -> str:
+    """A readable table of overall and per-combination-size metrics."""
+    o = result["overall"]
+    lines = [
+        f"{title}: accuracy {_fmt(o['accuracy'])}  macro-F1 {_fmt(o['f1'])}  AUC {_fmt(o['auc'])}  (n={o['n']})",
+        f"{'observed modalities':>20} {'n':>6} {'accuracy':>9} {'F1':>7} {'AUC':>7}",
+    ]
+    for row in result["per_size"]:
+        lines.append(
+            f"{row['size']:>20} {row['n']:>6} {_fmt(row['accuracy']):>9} {_fmt(row['f1']):>7} {_fmt(row['auc']):>7}"
+        )
+    return "\n".join(lines)

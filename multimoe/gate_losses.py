@@ -1,0 +1,118 @@
+"""Router losses computed from a ``Routing``: load balance (Shazeer 2017) and Flex-MoE's combination supervision.
+
+Shapes: T tokens, E experts, M modalities, C = 2^M - 1 combinations, G groups of tokens.
+
+Flex-MoE (METHODS.md §1) has one gate whose loss depends on each token's sample. Its public code calls the MoE
+once per modality and sums the per-call losses; multimoe routes all tokens in one call and computes the same
+per-modality terms from each token's modality id, so the loss keeps the published scale.
+
+- generalization (tokens of full-modality samples): cv²(importance) + cv²(load) over all experts;
+- specialization (tokens of partial samples): cross-entropy between the gate's logits over all experts and the
+  sample's target expert (combination c -> expert c), plus a balance loss over the *other* experts:
+  ``exclude="own"`` (the paper) drops each combination's own expert, computed per (modality, combination) group
+  and averaged over the combinations in the batch; ``exclude="expert0"`` (the public code) drops expert 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from multimoe.routers import Routing
+
+EPS = 1e-10
+
+
+def cv_squared(v_GE: Tensor, keep_GE: Tensor | None = None) -> Tensor:
+    """Squared coefficient of variation per row, Var/Mean² (unbiased variance, as Shazeer's reference), over the
+    kept entries; 0 for rows with fewer than two kept entries or all zeros."""
+    if keep_GE is None:
+        keep_GE = torch.ones_like(v_GE, dtype=torch.bool)
+    keep = keep_GE.to(v_GE.dtype).expand_as(v_GE)
+    n = keep.sum(dim=1)
+    mean = (v_GE * keep).sum(dim=1) / n.clamp(min=1)
+    var = (((v_GE - mean[:, None]) ** 2) * keep).sum(dim=1) / (n - 1).clamp(min=1)
+    return torch.where(n > 1, var / (mean**2 + EPS), torch.zeros_like(var))
+
+
+def group_sum(values_TE: Tensor, group_T: Tensor, num_groups: int) -> Tensor:
+    return values_TE.new_zeros(num_groups, values_TE.shape[1]).index_add(0, group_T, values_TE)
+
+
+def balance_loss(routing: Routing, group_T: Tensor, num_groups: int, keep_GE: Tensor | None = None) -> Tensor:
+    """Per group: cv²(importance) + cv²(load), importance = Σ gate weights, load = Σ P(expert in top-k)."""
+    importance_GE = group_sum(routing.dense_weights(), group_T, num_groups)
+    load_GE = group_sum(routing.load_TE, group_T, num_groups)
+    return cv_squared(importance_GE, keep_GE) + cv_squared(load_GE, keep_GE)
+
+
+def combination_targets(num_combinations: int, num_experts: int, mapping: str, device=None) -> Tensor:
+    """Target expert per combination: ``identity`` (Flex-MoE; needs num_experts >= combinations) or ``modulo``."""
+    combos = torch.arange(num_combinations, device=device)
+    if mapping == "identity":
+        if num_combinations > num_experts:
+            raise ValueError(
+                f"combination_map=identity needs one expert per combination: {num_combinations} combinations, "
+                f"{num_experts} experts"
+            )
+        return combos
+    if mapping == "modulo":
+        return combos % num_experts
+    raise ValueError(f"unknown combination_map {mapping!r}; choose identity or modulo")
+
+
+def gate_loss(
+    routing: Routing,
+    combo_T: Tensor,
+    modality_T: Tensor,
+    num_modalities: int,
+    supervision: str,
+    exclude: str = "own",
+    targets_C: Tensor | None = None,
+) -> Tensor:
+    """The router loss of one MoE layer (a scalar), summed over modalities as the published per-modality calls."""
+    M = num_modalities
+    if supervision == "none":
+        return routing.logits_TE.new_zeros(())
+    if supervision == "balance":
+        return balance_loss(routing, modality_T, M).sum()
+    if supervision != "combination":
+        raise ValueError(f"unknown router supervision {supervision!r}; choose combination, balance or none")
+    if targets_C is None:
+        raise ValueError("combination supervision needs the combination -> expert targets")
+    full_T = combo_T == 0
+    partial_T = ~full_T
+    E = routing.logits_TE.shape[1]
+
+    # generalization: full-modality tokens, balance over all experts
+    full_only = _masked(routing, full_T)
+    loss = balance_loss(full_only, modality_T, M).sum()
+
+    # specialization: cross-entropy to the combination's expert (mean over partial tokens, per modality)
+    ce_T = F.cross_entropy(routing.logits_TE, targets_C[combo_T], reduction="none")
+    n_partial = partial_T.sum()
+    loss = loss + M * (ce_T * partial_T).sum() / n_partial.clamp(min=1)
+
+    partial_only = _masked(routing, partial_T)
+    if exclude == "expert0":
+        keep_E = torch.arange(E, device=combo_T.device) != 0
+        loss = loss + balance_loss(partial_only, modality_T, M, keep_E[None, :]).sum()
+    elif exclude == "own":
+        C = targets_C.shape[0]
+        group_T = modality_T * C + combo_T
+        keep_GE = torch.arange(E, device=combo_T.device)[None, :] != targets_C.repeat(M)[:, None]
+        per_group = balance_loss(partial_only, group_T, M * C, keep_GE)
+        counts_G = torch.bincount(group_T[partial_T], minlength=M * C)
+        has_MC = (counts_G > 0).view(M, C).to(per_group.dtype)
+        per_modality = (per_group.view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)
+        loss = loss + per_modality.sum()
+    else:
+        raise ValueError(f"unknown balance_exclude {exclude!r}; choose own or expert0")
+    return loss
+
+
+def _masked(routing: Routing, keep_T: Tensor) -> Routing:
+    """The routing with the weights and load of tokens outside ``keep_T`` zeroed (static shapes, no sync)."""
+    k = keep_T.to(routing.weights_TK.dtype)[:, None]
+    return Routing(routing.weights_TK * k, routing.ids_TK, routing.logits_TE, routing.load_TE * k)

@@ -1,0 +1,149 @@
+"""The multimodal MoE model: encoders -> missing fill -> fusion layers (attention + MoE feed-forward) -> head.
+
+Shapes: B batch, M modalities, P tokens per modality, N = M*P tokens per sample, D width, T = B*N tokens,
+C classes.
+
+Flex-MoE (METHODS.md §1): every modality becomes P tokens; absent modalities are filled (the bank); tokens of all
+modalities are concatenated, a learned positional embedding (zero init) is added, then pre-LN transformer layers:
+x = x + attention(LN(x)) (the residual the public code lost) and x = x + MoE(LN(x)), the MoE running once over all
+tokens. Head: mean of each modality's tokens, concatenated, one linear layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from multimoe.batch import Batch
+from multimoe.config import ModelConfig
+from multimoe.data.dataset import DataSchema
+from multimoe.encoders import build_encoder
+from multimoe.gate_losses import combination_targets
+from multimoe.missing import build_fill
+from multimoe.moe import DenseFFN, MoE, MoEOutput, TokenInfo
+from multimoe.routers import build_router
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all modality tokens (query and key/value maps without bias, as published)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_BND: Tensor) -> Tensor:
+        B, N, D = x_BND.shape
+        h = self.heads
+        q = self.q(x_BND).view(B, N, h, D // h).transpose(1, 2)
+        k, v = self.kv(x_BND).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class FusionLayer(nn.Module):
+    """Pre-LN transformer layer with residuals on both branches; the feed-forward is a MoE or dense."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, ffn: nn.Module) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.ffn = ffn
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x_BND: Tensor, info: TokenInfo) -> tuple[Tensor, MoEOutput | None]:
+        x_BND = x_BND + self.drop1(self.attn(self.norm1(x_BND)))
+        h_TD = self.norm2(x_BND).reshape(-1, x_BND.shape[-1])
+        out = self.ffn(h_TD, info)
+        moe_out = out if isinstance(out, MoEOutput) else None
+        y_TD = out.out_TD if moe_out is not None else out
+        return x_BND + self.drop2(y_TD.view_as(x_BND)), moe_out
+
+
+@dataclass
+class ModelOutput:
+    logits_BC: Tensor
+    aux_loss: Tensor  # router losses summed over MoE layers (unweighted)
+    moe: list[MoEOutput]  # per MoE layer: routing, tokens per expert
+    info: TokenInfo
+
+
+class MultimodalMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig, schema: DataSchema) -> None:
+        super().__init__()
+        self.cfg, self.schema = cfg, schema
+        M, P, D = schema.num_modalities, cfg.tokens, cfg.dim
+        self.encoders = nn.ModuleDict(
+            {name: build_encoder(f, P, D, cfg.encoder) for name, f in zip(schema.modalities, schema.features)}
+        )
+        self.fill = build_fill(cfg.fill, M, P, D)
+        self.pos_ND = nn.Parameter(torch.zeros(M * P, D))
+        self.layers = nn.ModuleList(
+            [FusionLayer(D, cfg.heads, cfg.dropout, self._build_ffn(cfg, M)) for _ in range(cfg.layers)]
+        )
+        self.head = nn.Linear(M * D, schema.num_classes)
+        self.register_buffer("modality_N", torch.arange(M).repeat_interleave(P), persistent=False)
+
+    @staticmethod
+    def _build_ffn(cfg: ModelConfig, M: int) -> nn.Module:
+        if cfg.ffn == "dense":
+            return DenseFFN(cfg.dim, cfg.dense_hidden or cfg.moe.router.top_k * cfg.moe.hidden)
+        r = cfg.moe.router
+        E = cfg.moe.num_experts
+        targets = combination_targets((1 << M) - 1, E, r.combination_map) if r.supervision == "combination" else None
+        return MoE(cfg.dim, cfg.moe.hidden, E, build_router(r, cfg.dim, E), r.supervision, r.balance_exclude, targets)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        B = len(batch)
+        M, P, D = self.schema.num_modalities, self.cfg.tokens, self.cfg.dim
+        enc_BMPD = torch.stack(
+            [self.encoders[m](batch.inputs[m], batch.cell_missing[m]) for m in self.schema.modalities], dim=1
+        )
+        tokens_BMPD = torch.where(batch.present_BM[:, :, None, None], enc_BMPD, self.fill(batch.combo_B))
+        x_BND = tokens_BMPD.reshape(B, M * P, D) + self.pos_ND
+        info = TokenInfo(self.modality_N.repeat(B), batch.combo_B.repeat_interleave(M * P), M)
+        aux = x_BND.new_zeros(())
+        moe_outs = []
+        for layer in self.layers:
+            x_BND, moe_out = layer(x_BND, info)
+            if moe_out is not None:
+                aux = aux + moe_out.aux_loss
+                moe_outs.append(moe_out)
+        pooled_BMD = x_BND.view(B, M, P, D).mean(dim=2)
+        return ModelOutput(self.head(pooled_BMD.reshape(B, M * D)), aux, moe_outs, info)
+
+
+def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str]]:
+    """The model config as it will run on ``schema``, and notes on what was adjusted.
+
+    Flex-MoE maps combination c to expert c, so with combination supervision and the identity map it needs one
+    expert per combination (2^M - 1); its public code crashes otherwise. We then raise the expert count, as the
+    public code requires, and say so.
+    """
+    cfg = copy.deepcopy(cfg)
+    notes = []
+    r = cfg.moe.router
+    combos = (1 << schema.num_modalities) - 1
+    identity = cfg.ffn == "moe" and r.supervision == "combination" and r.combination_map == "identity"
+    if identity and cfg.moe.num_experts < combos:
+        notes.append(
+            f"{schema.num_modalities} modalities give {combos} combinations > {cfg.moe.num_experts} experts: "
+            f"using {combos} experts (one per combination, as Flex-MoE's identity map requires)"
+        )
+        cfg.moe.num_experts = combos
+    return cfg, notes
+
+
+def build_model(cfg: ModelConfig, schema: DataSchema) -> MultimodalMoE:
+    """A model for ``schema``; ``cfg`` should already be resolved (see ``resolve``)."""
+    return MultimodalMoE(cfg, schema)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,209 @@
+"""Training: one readable loop with the Flex-MoE curriculum, best-validation checkpoint and optional early stopping.
+
+Each run writes a folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch), ``best.safetensors``
+(weights of the best validation epoch) and ``summary.json`` (validation and test results, cost, notes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from multimoe import __version__
+from multimoe.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from multimoe.config import Config, TrainConfig, to_dict
+from multimoe.data import Splits, Table, build_table, prepare
+from multimoe.evaluate import evaluate
+from multimoe.model import build_model, count_parameters, resolve
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_epoch: int
+    val: dict
+    test: dict
+    summary: dict
+
+
+def epoch_order(epoch: int, num_present_N: torch.Tensor, cfg: TrainConfig, seed: int) -> torch.Tensor:
+    """Training order of an epoch, a pure function of (epoch, seed).
+
+    Flex-MoE's curriculum ("generalize, then specialize"): for the first ``warmup_epochs`` epochs the training set
+    is not shuffled and is sorted by number of observed modalities, descending (stable; ``ascending`` and
+    ``random`` are the paper's ablations); afterwards every epoch is a fresh permutation.
+    """
+    n = num_present_N.shape[0]
+    g = torch.Generator().manual_seed(seed * 1_000_003 + (epoch if epoch >= cfg.warmup_epochs else -1))
+    if epoch < cfg.warmup_epochs:
+        if cfg.order == "descending":
+            return torch.argsort(-num_present_N, stable=True)
+        if cfg.order == "ascending":
+            return torch.argsort(num_present_N, stable=True)
+        return torch.randperm(n, generator=g)  # random: one fixed random order for all warm-up epochs
+    return torch.randperm(n, generator=g)
+
+
+def _better(metric: str, new: float | None, best: float | None) -> bool:
+    if new is None or (isinstance(new, float) and math.isnan(new)):
+        return False
+    if best is None:
+        return True
+    return new < best if metric == "loss" else new > best
+
+
+def _select_value(result: dict, metric: str) -> float | None:
+    return result["loss"] if metric == "loss" else result["overall"][metric]
+
+
+def make_run_dir(cfg: Config, table: Table) -> Path:
+    base = cfg.name or f"{cfg.method}-{table.name}-{cfg.data.missing.replace(':', '')}-s{cfg.seed}"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    root = Path(cfg.out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        path = root / (f"{base}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder under {root}")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    # the fused kernel computes the same update in one pass (CPU and CUDA): ~15 % of a Flex-MoE step on CPU
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(cfg: Config, table: Table | None = None, splits: Splits | None = None) -> RunResult:
+    """Train ``cfg`` on its dataset (or on ``table``, e.g. ``Table.from_frame(df, ...)``) and test the best epoch."""
+    start = time.perf_counter()
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = torch.device(t.device)
+    table = table if table is not None else build_table(cfg.data)
+    splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)
+    model_cfg, notes = resolve(cfg.model, splits.schema)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    for note in notes:
+        _log(f"note: {note}")
+    if table.synthetic:
+        notes.append("synthetic data (generated), not a real dataset")
+
+    run_dir = make_run_dir(cfg, table)
+    config_dict = to_dict(cfg)
+    atomic_write(run_dir / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config_dict, sort_keys=False)))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg, splits.schema).to(device)
+    optimizer = _make_optimizer(model, t)
+    meta = {"config": config_dict, "schema": splits.schema.to_dict(), "multimoe_version": __version__}
+
+    train_data = splits.train
+    num_present_N = train_data.present_NM.sum(dim=1)
+    steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
+    best_value, best_epoch, stale = None, -1, 0
+    ckpt_path = run_dir / "best.safetensors"
+    bar = tqdm(
+        total=t.epochs * steps_per_epoch, desc=run_dir.name, unit="step", disable=not t.progress, file=sys.stderr
+    )
+    with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+        for epoch in range(t.epochs):
+            model.train()
+            epoch_start = time.perf_counter()
+            task_sum = torch.zeros(())
+            gate_sum = torch.zeros(())
+            for batch in train_data.batches(t.batch_size, epoch_order(epoch, num_present_N, t, cfg.seed)):
+                batch = batch.to(device)
+                out = model(batch)
+                task_loss = F.cross_entropy(out.logits_BC, batch.labels_B)
+                loss = task_loss + t.gate_loss_weight * out.aux_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                task_sum += task_loss.detach().cpu()
+                gate_sum += out.aux_loss.detach().cpu()
+                bar.update(1)
+            val = evaluate(model, splits.val, t.eval_batch_size, device)
+            value = _select_value(val, t.select)
+            improved = _better(t.select, value, best_value)
+            if improved:
+                best_value, best_epoch, stale = value, epoch, 0
+                save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch, "select": t.select, "value": value})
+            else:
+                stale += 1
+            record = {
+                "epoch": epoch,
+                "phase": "warmup" if epoch < t.warmup_epochs else "train",
+                "train_loss": float(task_sum) / steps_per_epoch,
+                "gate_loss": float(gate_sum) / steps_per_epoch,
+                "val_loss": val["loss"],
+                **{f"val_{k}": v for k, v in val["overall"].items() if k != "n"},
+                "best": improved,
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            bar.set_postfix(
+                epoch=epoch + 1,
+                loss=f"{record['train_loss']:.3f}",
+                **{f"val_{t.select}": f"{value:.4f}"},
+                refresh=False,
+            )
+            if t.patience and stale >= t.patience:
+                _log(f"early stop after epoch {epoch + 1}: no {t.select} improvement in {t.patience} epochs")
+                break
+    bar.close()
+
+    if best_epoch < 0:  # validation metric never defined: keep the last epoch
+        save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch, "select": t.select, "value": None})
+        best_epoch = epoch
+    load_checkpoint(ckpt_path, model)
+    val = evaluate(model, splits.val, t.eval_batch_size, device)
+    test = evaluate(model, splits.test, t.eval_batch_size, device)
+    summary = {
+        "run_dir": str(run_dir),
+        "method": cfg.method,
+        "dataset": table.name,
+        "missing": cfg.data.missing,
+        "seed": cfg.seed,
+        "best_epoch": best_epoch,
+        "epochs_run": epoch + 1,
+        "val": val,
+        "test": test,
+        "parameters": count_parameters(model),
+        "wall_seconds": time.perf_counter() - start,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "notes": notes,
+        "data": splits.info,
+        "multimoe_version": __version__,
+    }
+    atomic_write(run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+    return RunResult(run_dir, best_epoch, val, test, summary)

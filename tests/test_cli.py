@@ -1,0 +1,58 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from multimoe.cli import main
+
+TINY = ["data.synthetic.samples=200", "data.synthetic.modalities=2", "model.dim=8", "model.tokens=2",
+        "model.heads=2", "model.moe.hidden=8", "model.moe.router.top_k=2", "train.epochs=2",
+        "train.batch_size=32", "train.progress=false"]  # fmt: skip
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_train_then_eval_print_a_final_json_line(tmp_path, capsys):
+    assert main(["train", "configs/flexmoe.yaml", f"out_dir={tmp_path}", *TINY]) == 0
+    out = last_json(capsys.readouterr().out)
+    assert set(out["test"]) >= {"accuracy", "f1", "auc"}
+    run_dir = out["run_dir"]
+    assert main(["eval", run_dir, "data.missing=mcar:0.5"]) == 0
+    ev = last_json(capsys.readouterr().out)
+    assert ev["run_dir"] == run_dir and ev["missing"] == "mcar:0.5"
+    assert 0 <= ev["test"]["accuracy"] <= 1
+
+
+def test_eval_rejects_overrides_that_change_the_model(tmp_path, capsys):
+    assert main(["train", "configs/flexmoe.yaml", f"out_dir={tmp_path}", *TINY]) == 0
+    run_dir = last_json(capsys.readouterr().out)["run_dir"]
+    assert main(["eval", run_dir, "model.dim=4"]) == 2
+    assert "valid overrides: data.missing" in capsys.readouterr().err
+
+
+def test_user_table_via_spec(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 150)
+    df = pd.DataFrame({"u": y + rng.normal(size=150), "v": rng.normal(size=150), "w": y * 1.0, "label": y})
+    df.to_csv(tmp_path / "mine.csv", index=False)
+    (tmp_path / "mine.yaml").write_text("path: mine.csv\nlabel: label\nmodalities:\n  one: [u, v]\n  two: [w]\n")
+    assert main(["train", "configs/flexmoe.yaml", f"data.spec={tmp_path / 'mine.yaml'}", f"out_dir={tmp_path}",
+                 *TINY, "train.lr=3e-3", "train.epochs=8"]) == 0  # fmt: skip
+    assert last_json(capsys.readouterr().out)["test"]["auc"] > 0.7
+
+
+def test_bad_input_exits_2_with_a_message(capsys):
+    assert main(["train", "configs/flexmoe.yaml", "model.moe.topk=3"]) == 2
+    assert "unknown config key model.moe.topk" in capsys.readouterr().err
+
+
+def test_console_script_datasets_lists_every_dataset():
+    out = subprocess.run(
+        [sys.executable, "-m", "multimoe", "datasets"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("mfeat", "support2", "landsat", "synthetic"):
+        assert f"{name}:" in out

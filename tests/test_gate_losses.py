@@ -1,0 +1,97 @@
+"""Gate losses against values computed by hand (plain Python) on a tiny case."""
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from multimoe.gate_losses import combination_targets, cv_squared, gate_loss
+from multimoe.routers import Routing
+
+
+def cv2(values):
+    m = statistics.fmean(values)
+    return statistics.variance(values) / (m * m + 1e-10) if len(values) > 1 else 0.0
+
+
+# 2 modalities -> combinations 0 = (0, 1), 1 = (0,), 2 = (1,); 3 experts, top-2.
+# Tokens: [sample A (full): modality 0, modality 1], [sample B (combination 1): modality 0, modality 1]
+LOGITS = [[2.0, 1.0, 0.0], [0.5, 1.5, -1.0], [0.0, 3.0, 1.0], [1.0, 0.2, 0.4]]
+IDS = [[0, 1], [1, 0], [1, 2], [0, 2]]
+WEIGHTS = [[0.7, 0.3], [0.6, 0.4], [0.8, 0.2], [0.55, 0.45]]
+LOAD = [[0.9, 0.6, 0.1], [0.5, 0.8, 0.2], [0.1, 0.95, 0.7], [0.8, 0.3, 0.6]]
+MODALITY = [0, 1, 0, 1]
+COMBO = [0, 0, 1, 1]
+
+
+def dense(t):
+    row = [0.0, 0.0, 0.0]
+    for e, w in zip(IDS[t], WEIGHTS[t]):
+        row[e] = w
+    return row
+
+
+def ce(t, target):
+    z = LOGITS[t]
+    return -(z[target] - math.log(sum(math.exp(v) for v in z)))
+
+
+def routing():
+    return Routing(torch.tensor(WEIGHTS), torch.tensor(IDS), torch.tensor(LOGITS), torch.tensor(LOAD))
+
+
+def run(supervision, exclude="own"):
+    return gate_loss(
+        routing(),
+        torch.tensor(COMBO),
+        torch.tensor(MODALITY),
+        num_modalities=2,
+        supervision=supervision,
+        exclude=exclude,
+        targets_C=combination_targets(3, 3, "identity"),
+    ).item()
+
+
+def full_part():
+    # generalization: per modality, the full-modality tokens (t=0 for modality 0, t=1 for modality 1)
+    return sum(cv2(dense(t)) + cv2(LOAD[t]) for t in (0, 1))
+
+
+def test_balance_only():
+    # per modality over all its tokens: importance = Σ weights, load = Σ load
+    expected = 0.0
+    for tokens in ((0, 2), (1, 3)):
+        imp = [sum(dense(t)[e] for t in tokens) for e in range(3)]
+        load = [sum(LOAD[t][e] for t in tokens) for e in range(3)]
+        expected += cv2(imp) + cv2(load)
+    assert run("balance") == pytest.approx(expected, rel=1e-5)
+
+
+def test_flexmoe_paper_exclusion():
+    # partial tokens t=2 (modality 0) and t=3 (modality 1), combination 1 -> target expert 1
+    spec = 2 * (ce(2, 1) + ce(3, 1)) / 2  # M x mean CE
+    own = sum(cv2([dense(t)[0], dense(t)[2]]) + cv2([LOAD[t][0], LOAD[t][2]]) for t in (2, 3))  # drop expert 1
+    assert run("combination", "own") == pytest.approx(full_part() + spec + own, rel=1e-5)
+
+
+def test_flexmoe_public_code_exclusion():
+    spec = 2 * (ce(2, 1) + ce(3, 1)) / 2
+    drop0 = sum(cv2([dense(t)[1], dense(t)[2]]) + cv2([LOAD[t][1], LOAD[t][2]]) for t in (2, 3))  # drop expert 0
+    assert run("combination", "expert0") == pytest.approx(full_part() + spec + drop0, rel=1e-5)
+
+
+def test_none_is_zero():
+    assert run("none") == 0.0
+
+
+def test_cv_squared_edge_cases():
+    assert cv_squared(torch.zeros(1, 4)).item() == 0.0
+    assert cv_squared(torch.tensor([[3.0]])).item() == 0.0
+    assert cv_squared(torch.tensor([[1.0, 3.0]])).item() == pytest.approx(2.0 / 4.0)
+
+
+def test_identity_map_needs_an_expert_per_combination():
+    with pytest.raises(ValueError, match="one expert per combination"):
+        combination_targets(63, 16, "identity")
+    assert combination_targets(7, 3, "modulo").tolist() == [0, 1, 2, 0, 1, 2, 0]

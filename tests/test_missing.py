@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from multimoe.batch import combinations
+from multimoe.missing import FILLS, BankFill, build_fill
+
+
+def test_bank_shape_and_lookup_by_combination():
+    M, P, D = 3, 4, 5
+    bank = BankFill(M, P, D)
+    assert bank.bank_CMPD.shape == (2**M - 1, M, P, D)
+    combo_B = torch.tensor([0, 3, 6])
+    out = bank(combo_B)
+    assert out.shape == (3, M, P, D)
+    for b, c in enumerate(combo_B.tolist()):
+        torch.testing.assert_close(out[b], bank.bank_CMPD[c])
+
+
+def test_bank_fills_the_missing_modality_of_its_combination():
+    # combination (0, 2) of 3 modalities -> modality 1 is filled from bank[index of (0, 2), 1]
+    idx = combinations(3).index((0, 2))
+    bank = BankFill(3, 2, 4)
+    assert torch.equal(bank(torch.tensor([idx]))[0, 1], bank.bank_CMPD[idx, 1])
+
+
+@pytest.mark.parametrize("kind", sorted(FILLS))
+def test_fills_have_static_shapes(kind):
+    fill = build_fill(kind, 2, 3, 4)
+    assert fill(torch.tensor([0, 1, 2])).shape == (3, 2, 3, 4)
+
+
+def test_unknown_fill_lists_choices():
+    with pytest.raises(ValueError, match="bank"):
+        build_fill("mean-ish", 2, 3, 4)
