@@ -51,16 +51,17 @@ class EncoderConfig:
 
 @dataclass
 class RouterConfig:
-    kind: str = "noisy_topk"  # softmax_topk | noisy_topk (Shazeer 2017)
+    kind: str = "noisy_topk"  # scorer: softmax_topk | noisy_topk (Shazeer 2017) | laplace | gaussian (FuseMoE)
+    layout: str = "joint"  # joint | per_modality (a router per modality) | disjoint (and an expert pool per modality)
     top_k: int = 4  # experts per token
-    supervision: str = "combination"  # gate loss: combination (Flex-MoE G/S-router) | balance (cv² only) | none
+    supervision: str = "combination"  # gate loss: combination (Flex-MoE) | balance (cv²) | entropy (FuseMoE) | none
     balance_exclude: str = "own"  # S-router balance excludes: own (the paper) | expert0 (the public code)
     combination_map: str = "identity"  # combination -> expert: identity (Flex-MoE; needs 2^M-1 experts) | modulo
 
 
 @dataclass
 class MoEConfig:
-    num_experts: int = 16  # experts; raised to 2^M-1 when combination_map=identity needs it (logged)
+    num_experts: int = 16  # experts (per modality with layout=disjoint); raised to 2^M-1 by Flex-MoE's identity map
     hidden: int = 256  # expert hidden width
     router: RouterConfig = field(default_factory=RouterConfig)
 
@@ -253,7 +254,7 @@ def validate(cfg: Config) -> None:
     from multimoe.data import DATASETS, parse_protocol
     from multimoe.encoders import ENCODERS
     from multimoe.missing import FILLS
-    from multimoe.routers import ROUTERS
+    from multimoe.routers import LAYOUTS, ROUTERS
 
     if cfg.data.spec is None:
         _choice("data.name", cfg.data.name, DATASETS)
@@ -268,7 +269,13 @@ def validate(cfg: Config) -> None:
     _choice("model.fill", m.fill, FILLS)
     _choice("model.ffn", m.ffn, ("moe", "dense"))
     _choice("model.moe.router.kind", m.moe.router.kind, ROUTERS)
-    _choice("model.moe.router.supervision", m.moe.router.supervision, ("combination", "balance", "none"))
+    _choice("model.moe.router.layout", m.moe.router.layout, LAYOUTS)
+    _choice("model.moe.router.supervision", m.moe.router.supervision, ("combination", "balance", "entropy", "none"))
+    if m.moe.router.supervision == "combination" and m.moe.router.layout == "disjoint":
+        raise ConfigError(
+            "model.moe.router.supervision=combination maps combinations to experts of one shared pool; "
+            "use layout joint or per_modality, or another supervision with layout disjoint"
+        )
     _choice("model.moe.router.balance_exclude", m.moe.router.balance_exclude, ("own", "expert0"))
     _choice("model.moe.router.combination_map", m.moe.router.combination_map, ("identity", "modulo"))
     for k in ("dim", "tokens", "heads", "layers"):

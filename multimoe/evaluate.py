@@ -23,28 +23,40 @@ class Predictions:
     labels_N: np.ndarray
     combo_N: np.ndarray
     loss: float  # mean cross-entropy
-    tokens_per_expert: list[list[int]]  # per MoE layer
+    routing: list[dict]  # per MoE layer: routing statistics (see ``routing_stats``)
+
+
+def routing_stats(moe_out, info, num_combinations: int) -> dict[str, torch.Tensor]:
+    """Gate-weight sums by (combination, expert) and (modality, expert), and top-k slot counts per expert."""
+    w_TE = moe_out.routing.dense_weights().detach().float()
+    M = info.num_modalities
+    return {
+        "tokens_per_expert": moe_out.tokens_per_expert_E.detach().cpu().double(),
+        "combination_weight": w_TE.new_zeros(num_combinations, w_TE.shape[1]).index_add(0, info.combo_T, w_TE).cpu(),
+        "modality_weight": w_TE.new_zeros(M, w_TE.shape[1]).index_add(0, info.modality_T, w_TE).cpu(),
+    }
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> Predictions:
     was_training = model.training
     model.eval()
-    probs, loss_sum, counts = [], 0.0, None
+    probs, loss_sum, totals = [], 0.0, None
+    C = (1 << data.schema.num_modalities) - 1
     for batch in data.batches(batch_size):
         batch = batch.to(device)
         out = model(batch)
         loss_sum += float(F.cross_entropy(out.logits_BC.float(), batch.labels_B, reduction="sum"))
         probs.append(out.logits_BC.float().softmax(dim=1).cpu())
-        layer_counts = [m.tokens_per_expert_E.cpu() for m in out.moe]
-        counts = layer_counts if counts is None else [a + b for a, b in zip(counts, layer_counts)]
+        stats = [routing_stats(m, out.info, C) for m in out.moe]
+        totals = stats if totals is None else [{k: a[k] + b[k] for k in a} for a, b in zip(totals, stats)]
     model.train(was_training)
     return Predictions(
         probs_NC=torch.cat(probs).numpy(),
         labels_N=data.labels_N.numpy(),
         combo_N=data.combo_N.numpy(),
         loss=loss_sum / max(len(data), 1),
-        tokens_per_expert=[c.tolist() for c in counts or []],
+        routing=[{k: np.round(v.numpy(), 4).tolist() for k, v in layer.items()} for layer in totals or []],
     )
 
 
@@ -99,7 +111,7 @@ def metrics_from_predictions(pred: Predictions, modalities: tuple[str, ...]) -> 
         "loss": pred.loss,
         "per_combination": per_combination,
         "per_size": per_size,
-        "tokens_per_expert": pred.tokens_per_expert,
+        "routing": pred.routing,
     }
 
 

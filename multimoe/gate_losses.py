@@ -11,6 +11,9 @@ per-modality terms from each token's modality id, so the loss keeps the publishe
   sample's target expert (combination c -> expert c), plus a balance loss over the *other* experts:
   ``exclude="own"`` (the paper) drops each combination's own expert, computed per (modality, combination) group
   and averaged over the combinations in the batch; ``exclude="expert0"`` (the public code) drops expert 0.
+
+FuseMoE's entropy regularizer: mean over modalities of H(p̄_m) minus H(mean of p̄_m), p̄_m the mean routing
+distribution of modality m's tokens: confident within a modality, diverse across modalities.
 """
 
 from __future__ import annotations
@@ -47,6 +50,20 @@ def balance_loss(routing: Routing, group_T: Tensor, num_groups: int, keep_GE: Te
     return cv_squared(importance_GE, keep_GE) + cv_squared(load_GE, keep_GE)
 
 
+def entropy_loss(routing: Routing, modality_T: Tensor, num_modalities: int) -> Tensor:
+    """FuseMoE: mean_m H(p̄_m) - H(mean_m p̄_m), over the full softmax of each token's scores."""
+    p_TE = routing.logits_TE.softmax(dim=1)  # exp(-inf) = 0 outside a disjoint pool
+    counts_M = torch.bincount(modality_T, minlength=num_modalities).clamp(min=1).to(p_TE.dtype)
+    p_ME = group_sum(p_TE, modality_T, num_modalities) / counts_M[:, None]
+    p_E = p_ME.mean(dim=0)
+    return _entropy(p_ME).mean() - _entropy(p_E[None])[0]
+
+
+def _entropy(p_GE: Tensor) -> Tensor:
+    """Row entropies; the clamp keeps the gradient finite where p = 0 (experts outside a disjoint pool)."""
+    return -(p_GE * p_GE.clamp(min=1e-12).log()).sum(dim=1)
+
+
 def combination_targets(num_combinations: int, num_experts: int, mapping: str, device=None) -> Tensor:
     """Target expert per combination: ``identity`` (Flex-MoE; needs num_experts >= combinations) or ``modulo``."""
     combos = torch.arange(num_combinations, device=device)
@@ -70,15 +87,19 @@ def gate_loss(
     supervision: str,
     exclude: str = "own",
     targets_C: Tensor | None = None,
+    pool_ME: Tensor | None = None,
 ) -> Tensor:
-    """The router loss of one MoE layer (a scalar), summed over modalities as the published per-modality calls."""
+    """The router loss of one MoE layer (a scalar), summed over modalities as the published per-modality calls.
+    ``pool_ME`` restricts each modality's balance to its own expert pool (disjoint layout)."""
     M = num_modalities
     if supervision == "none":
         return routing.logits_TE.new_zeros(())
     if supervision == "balance":
-        return balance_loss(routing, modality_T, M).sum()
+        return balance_loss(routing, modality_T, M, pool_ME).sum()
+    if supervision == "entropy":
+        return entropy_loss(routing, modality_T, M)
     if supervision != "combination":
-        raise ValueError(f"unknown router supervision {supervision!r}; choose combination, balance or none")
+        raise ValueError(f"unknown router supervision {supervision!r}; choose combination, balance, entropy or none")
     if targets_C is None:
         raise ValueError("combination supervision needs the combination -> expert targets")
     full_T = combo_T == 0

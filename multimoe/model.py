@@ -97,7 +97,8 @@ class MultimodalMoE(nn.Module):
         r = cfg.moe.router
         E = cfg.moe.num_experts
         targets = combination_targets((1 << M) - 1, E, r.combination_map) if r.supervision == "combination" else None
-        return MoE(cfg.dim, cfg.moe.hidden, E, build_router(r, cfg.dim, E), r.supervision, r.balance_exclude, targets)
+        router = build_router(r, cfg.dim, E, M)
+        return MoE(cfg.dim, cfg.moe.hidden, router, r.supervision, r.balance_exclude, targets)
 
     def forward(self, batch: Batch) -> ModelOutput:
         B = len(batch)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimoe.gate_losses import gate_loss
-from multimoe.routers import Routing
+from multimoe.routers import Router, Routing
 
 _HAS_GROUPED_MM = hasattr(F, "grouped_mm")
 
@@ -91,8 +91,7 @@ class MoE(nn.Module):
         self,
         dim: int,
         hidden: int,
-        num_experts: int,
-        router: nn.Module,
+        router: Router,
         supervision: str = "combination",
         exclude: str = "own",
         targets_C: Tensor | None = None,
@@ -100,7 +99,12 @@ class MoE(nn.Module):
         super().__init__()
         self.router = router
         self.supervision, self.exclude = supervision, exclude
+        num_experts = router.num_experts
         self.register_buffer("targets_C", targets_C, persistent=False)
+        pool_ME = None
+        if router.layout == "disjoint":  # modality m may use experts [m * pool, (m + 1) * pool)
+            pool_ME = (torch.arange(num_experts) // router.pool)[None, :] == torch.arange(router.groups)[:, None]
+        self.register_buffer("pool_ME", pool_ME, persistent=False)
         self.w1_EDH = nn.Parameter(torch.empty(num_experts, dim, hidden))
         self.b1_EH = nn.Parameter(torch.empty(num_experts, hidden))
         self.w2_EHD = nn.Parameter(torch.empty(num_experts, hidden, dim))
@@ -115,12 +119,19 @@ class MoE(nn.Module):
         return self.w1_EDH.shape[0]
 
     def forward(self, x_TD: Tensor, info: TokenInfo) -> MoEOutput:
-        routing = self.router(x_TD)
+        routing = self.router(x_TD, info.modality_T)
         out_TD, counts_E = expert_ffn(
             x_TD, routing.ids_TK, routing.weights_TK, self.w1_EDH, self.b1_EH, self.w2_EHD, self.b2_ED
         )
         aux = gate_loss(
-            routing, info.combo_T, info.modality_T, info.num_modalities, self.supervision, self.exclude, self.targets_C
+            routing,
+            info.combo_T,
+            info.modality_T,
+            info.num_modalities,
+            self.supervision,
+            self.exclude,
+            self.targets_C,
+            self.pool_ME,
         )
         return MoEOutput(out_TD, routing, counts_E, aux)
 

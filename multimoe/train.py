@@ -132,7 +132,7 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     bar = tqdm(
         total=t.epochs * steps_per_epoch, desc=run_dir.name, unit="step", disable=not t.progress, file=sys.stderr
     )
-    with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+    with open(run_dir / "metrics.jsonl", "a") as metrics_file, open(run_dir / "routing.jsonl", "a") as routing_file:
         for epoch in range(t.epochs):
             model.train()
             epoch_start = time.perf_counter()
@@ -171,6 +171,9 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
             }
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+            if val["routing"]:  # validation routing per epoch, for routing-drift reports
+                routing_file.write(json.dumps({"epoch": epoch, "split": "val", "layers": val["routing"]}) + "\n")
+                routing_file.flush()
             bar.set_postfix(
                 epoch=epoch + 1,
                 loss=f"{record['train_loss']:.3f}",

@@ -70,3 +70,9 @@ def test_replace_returns_a_validated_copy():
     assert new.seed == 3 and cfg.seed == 0
     with pytest.raises(ConfigError):
         replace(cfg, ["seed=x"])
+
+
+def test_combination_supervision_needs_a_shared_pool():
+    with pytest.raises(ConfigError, match="shared pool"):
+        load_config(None, ["model.moe.router.layout=disjoint"])
+    load_config(None, ["model.moe.router.layout=disjoint", "model.moe.router.supervision=entropy"])

@@ -95,3 +95,29 @@ def test_identity_map_needs_an_expert_per_combination():
     with pytest.raises(ValueError, match="one expert per combination"):
         combination_targets(63, 16, "identity")
     assert combination_targets(7, 3, "modulo").tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_entropy_regularizer_by_hand():
+    # modality 0: tokens 0, 2; modality 1: tokens 1, 3; full softmax over each token's logits
+    def softmax(z):
+        e = [math.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    def H(p):
+        return -sum(v * math.log(v) for v in p if v > 0)
+
+    pbar = [[(softmax(LOGITS[a])[e] + softmax(LOGITS[b])[e]) / 2 for e in range(3)] for a, b in ((0, 2), (1, 3))]
+    mean = [(pbar[0][e] + pbar[1][e]) / 2 for e in range(3)]
+    expected = (H(pbar[0]) + H(pbar[1])) / 2 - H(mean)
+    assert run("entropy") == pytest.approx(expected, rel=1e-5)
+
+
+def test_disjoint_pools_restrict_the_balance():
+    pool_ME = torch.tensor([[True, True, False], [False, True, True]])
+    loss = gate_loss(routing(), torch.tensor(COMBO), torch.tensor(MODALITY), 2, "balance", pool_ME=pool_ME).item()
+    expected = 0.0
+    for tokens, keep in (((0, 2), (0, 1)), ((1, 3), (1, 2))):
+        imp = [sum(dense(t)[e] for t in tokens) for e in keep]
+        load = [sum(LOAD[t][e] for t in tokens) for e in keep]
+        expected += cv2(imp) + cv2(load)
+    assert loss == pytest.approx(expected, rel=1e-5)

@@ -100,3 +100,15 @@ def test_no_state_is_kept_between_calls():
         model(make_batch(SCHEMA3, ALL_PRESENCE3)).aux_loss.backward()
     assert all(set(vars(m)) == attrs[id(m)] for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("layout", ["per_modality", "disjoint"])
+@pytest.mark.parametrize("supervision", ["balance", "entropy"])
+def test_fusemoe_layouts_run_end_to_end(layout, supervision):
+    cfg, _ = resolve(small_cfg(kind="laplace", layout=layout, supervision=supervision), SCHEMA3)
+    model = build_model(cfg, SCHEMA3)
+    out = model(make_batch(SCHEMA3, ALL_PRESENCE3))
+    (out.logits_BC.sum() + out.aux_loss).backward()
+    E = model.layers[0].ffn.num_experts
+    assert (3 * 8 if layout == "disjoint" else 8) == E
+    assert torch.isfinite(model.layers[0].ffn.router.weight_GED.grad).all()
