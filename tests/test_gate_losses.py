@@ -109,7 +109,7 @@ def test_entropy_regularizer_by_hand():
     pbar = [[(softmax(LOGITS[a])[e] + softmax(LOGITS[b])[e]) / 2 for e in range(3)] for a, b in ((0, 2), (1, 3))]
     mean = [(pbar[0][e] + pbar[1][e]) / 2 for e in range(3)]
     expected = (H(pbar[0]) + H(pbar[1])) / 2 - H(mean)
-    assert run("entropy") == pytest.approx(expected, rel=1e-5)
+    assert run("entropy") == pytest.approx(expected, abs=1e-6)  # a difference of entropies: float32 cancels
 
 
 def test_disjoint_pools_restrict_the_balance():
