@@ -59,6 +59,18 @@ def combination_name(combo: tuple[int, ...] | int, modalities: list[str], sep: s
     return sep.join(modalities[m] for m in combo)
 
 
+def drop_modalities(present_BM: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """Modality dropout: hide each present modality with probability ``rate``, never all of a sample's."""
+    drop = torch.rand(present_BM.shape, generator=generator, device=present_BM.device) < rate
+    kept = present_BM & ~drop
+    empty = ~kept.any(dim=1)
+    if empty.any():  # keep one of the sample's present modalities, chosen at random
+        keys = torch.rand(present_BM.shape, generator=generator, device=present_BM.device).masked_fill(~present_BM, -1)
+        rescue = torch.zeros_like(kept).scatter(1, keys.argmax(dim=1, keepdim=True), True)
+        kept = torch.where(empty[:, None], rescue, kept)
+    return kept
+
+
 @dataclass
 class Batch:
     """A batch of samples with static shapes.
@@ -78,6 +90,17 @@ class Batch:
 
     def __len__(self) -> int:
         return self.labels_B.shape[0]
+
+    def with_presence(self, present_BM: Tensor) -> Batch:
+        """The same samples with fewer modalities present (absent inputs zeroed, combinations recomputed)."""
+        names = list(self.inputs)
+        return Batch(
+            inputs={m: self.inputs[m] * present_BM[:, i : i + 1] for i, m in enumerate(names)},
+            cell_missing={m: self.cell_missing[m] & present_BM[:, i : i + 1] for i, m in enumerate(names)},
+            present_BM=present_BM,
+            labels_B=self.labels_B,
+            combo_B=combination_index(present_BM),
+        )
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(

@@ -91,6 +91,7 @@ class TrainConfig:
     lr: float = 1e-4  # learning rate
     weight_decay: float = 0.0  # weight decay
     gate_loss_weight: float = 0.01  # weight of the router losses in the total loss
+    modality_dropout: float = 0.0  # hide each present modality of a training sample with this probability (keeps one)
     grad_clip: float = 0.0  # gradient norm clip (0: off)
     select: str = "accuracy"  # validation metric for the best checkpoint: accuracy | f1 | auc | loss
     patience: int = 0  # early stopping after this many epochs without improvement (0: off)
@@ -295,5 +296,7 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{k}", getattr(t, k))
     for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads"):
         _positive(f"train.{k}", getattr(t, k), allow_zero=True)
+    if not 0 <= t.modality_dropout < 1:
+        raise ConfigError(f"train.modality_dropout={t.modality_dropout} must be in [0, 1)")
     if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device={t.device!r} is not valid; choose cpu, cuda or cuda:N")

@@ -22,6 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from multimoe import __version__
+from multimoe.batch import drop_modalities
 from multimoe.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from multimoe.config import Config, TrainConfig, to_dict
 from multimoe.data import Splits, Table, build_table, prepare
@@ -139,6 +140,8 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
             task_sum = torch.zeros(())
             gate_sum = torch.zeros(())
             for batch in train_data.batches(t.batch_size, epoch_order(epoch, num_present_N, t, cfg.seed)):
+                if t.modality_dropout > 0:
+                    batch = batch.with_presence(drop_modalities(batch.present_BM, t.modality_dropout))
                 batch = batch.to(device)
                 out = model(batch)
                 task_loss = F.cross_entropy(out.logits_BC, batch.labels_B)

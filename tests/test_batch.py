@@ -41,3 +41,14 @@ def test_sample_without_modality_is_rejected_naming_the_row():
 def test_combination_name_uses_modality_names():
     assert combination_name((0, 2), ["fou", "fac", "kar"]) == "fou+kar"
     assert combination_name(0, ["a", "b"]) == "a+b"
+
+
+def test_modality_dropout_hides_but_never_empties():
+    from multimoe.batch import drop_modalities
+
+    g = torch.Generator().manual_seed(0)
+    present = torch.rand(4000, 4, generator=g) < 0.8
+    present[~present.any(1), 0] = True
+    kept = drop_modalities(present, 0.5, g)
+    assert kept.any(1).all() and not (kept & ~present).any()
+    assert 0.45 < 1 - kept.sum() / present.sum() < 0.55 - 0.0  # about half hidden (a few rescued)
