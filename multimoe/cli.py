@@ -59,6 +59,25 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"  modalities (columns): {mods}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from multimoe.bench import load_sweep, read_cells, run_sweep
+    from multimoe.bench_render import render
+
+    sweep = load_sweep(args.sweep)
+    out = Path(args.out)
+    if not args.render_only:
+        run_sweep(sweep, out, jobs=args.jobs, threads=args.threads)
+    command = " ".join(["multimoe bench", args.sweep] + [a for a in sys.argv[3:] if not a.startswith("--render")])
+    readme = render(sweep, out, command=command)
+    keys = {c["key"] for c in sweep.cells()}
+    cells = [c for c in read_cells(out / "cells.jsonl") if c["key"] in keys]
+    ok = len({c["key"] for c in cells if c.get("status") == "ok"})
+    print(readme.read_text())
+    print(json.dumps({"results": str(readme.parent), "cells_ok": ok, "cells_expected": len(keys)}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multimoe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a folder written by `multimoe train`")
     p.add_argument("overrides", nargs="*", help="e.g. data.missing=mcar:0.5")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("bench", help="run a sweep (methods x grid x seeds) in parallel, resumable; render tables/plots")
+    p.add_argument("sweep", help="sweep file, e.g. configs/sweeps/main.yaml")
+    p.add_argument("--out", default="results", help="results folder: cells.jsonl store, <sweep name>/ tables")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--render-only", action="store_true", help="only re-render tables and plots from cells.jsonl")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("datasets", help="list the built-in datasets and whether their packages are installed")
     p.set_defaults(func=cmd_datasets)
     return parser

@@ -68,6 +68,7 @@ class MoEConfig:
 
 @dataclass
 class ModelConfig:
+    arch: str = "fusion"  # fusion (encoders, fill, attention + feed-forward) | late_fusion | logreg | hgb (sklearn)
     dim: int = 128  # token width D
     tokens: int = 16  # tokens per modality P
     heads: int = 4  # attention heads
@@ -78,6 +79,8 @@ class ModelConfig:
     fill: str = "bank"  # missing-modality fill: bank (Flex-MoE) | token | zero
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
+    hgb_max_iter: int = 100  # hgb: boosting rounds
 
 
 @dataclass
@@ -208,19 +211,28 @@ def config_from_dict(values: dict) -> Config:
     return cfg
 
 
+def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
+    """A preset's values; a top-level ``base: other.yaml`` (relative to the file) is loaded first and overlaid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (presets live in configs/)")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path} inherits from itself through 'base'")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = values.pop("base", None)
+    if base is not None:
+        values = _merge(read_preset(path.parent / str(base), (*_seen, path.resolve())), values)
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Load a YAML preset (or the defaults when ``path`` is None) and apply overrides, strictly."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (presets live in configs/)")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    values: dict = read_preset(path) if path is not None else {}
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         values = _merge(values, over)
@@ -255,6 +267,7 @@ def validate(cfg: Config) -> None:
     from multimoe.data import DATASETS, parse_protocol
     from multimoe.encoders import ENCODERS
     from multimoe.missing import FILLS
+    from multimoe.model import ARCHS
     from multimoe.routers import LAYOUTS, ROUTERS
 
     if cfg.data.spec is None:
@@ -266,6 +279,7 @@ def validate(cfg: Config) -> None:
         if not 0 < v < 0.5:
             raise ConfigError(f"data.{k}={v} must be in (0, 0.5)")
     m = cfg.model
+    _choice("model.arch", m.arch, ARCHS)
     _choice("model.encoder.kind", m.encoder.kind, ENCODERS)
     _choice("model.fill", m.fill, FILLS)
     _choice("model.ffn", m.ffn, ("moe", "dense"))

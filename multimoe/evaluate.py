@@ -39,6 +39,8 @@ def routing_stats(moe_out, info, num_combinations: int) -> dict[str, torch.Tenso
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> Predictions:
+    if not isinstance(model, torch.nn.Module):  # a fitted scikit-learn baseline (multimoe.baselines)
+        return model.predict(data)
     was_training = model.training
     model.eval()
     probs, loss_sum, totals = [], 0.0, None
@@ -118,6 +120,35 @@ def metrics_from_predictions(pred: Predictions, modalities: tuple[str, ...]) -> 
 def evaluate(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> dict:
     """Metrics of ``model`` on ``data``: overall, per combination, per combination size, mean loss."""
     return metrics_from_predictions(predict(model, data, batch_size, device), data.schema.modalities)
+
+
+def evaluate_combinations(model, data: MultimodalData, natural_NM: np.ndarray, batch_size: int = 512) -> list[dict]:
+    """The per-combination protocol: the test set once for every combination of observed modalities (Flex-MoE's
+    table layout), each time showing every sample with exactly that combination. Rows whose own data lack one of
+    the combination's modalities (natural missingness) are left out of that combination's cell."""
+    from multimoe.data.protocols import combination_presence
+
+    natural = np.asarray(natural_NM)[data.rows_N]
+    rows = []
+    modalities = list(data.schema.modalities)
+    for idx, combo in enumerate(combinations(len(modalities))):
+        present, usable = combination_presence(natural, combo)
+        keep = np.flatnonzero(usable)
+        if keep.size == 0:
+            rows.append({"combination": combination_name(combo, modalities), "index": idx, "size": len(combo),
+                         **classification_metrics(np.array([]), np.zeros((0, 1)))})  # fmt: skip
+            continue
+        subset = data.subset(keep).with_presence(present[keep])
+        pred = predict(model, subset, batch_size)
+        rows.append(
+            {
+                "combination": combination_name(combo, modalities),
+                "index": idx,
+                "size": len(combo),
+                **classification_metrics(pred.labels_N, pred.probs_NC),
+            }
+        )
+    return rows
 
 
 def _fmt(v) -> str:

@@ -71,7 +71,7 @@ class ModelOutput:
     logits_BC: Tensor
     aux_loss: Tensor  # router losses summed over MoE layers (unweighted)
     moe: list[MoEOutput]  # per MoE layer: routing, tokens per expert
-    info: TokenInfo
+    info: TokenInfo | None  # modality and combination of every token (None without fusion tokens)
 
 
 class MultimodalMoE(nn.Module):
@@ -120,6 +120,43 @@ class MultimodalMoE(nn.Module):
         return ModelOutput(self.head(pooled_BMD.reshape(B, M * D)), aux, moe_outs, info)
 
 
+class LateFusion(nn.Module):
+    """Late fusion: one classifier per modality (its encoder, the mean of its tokens, a linear head); the class
+    probabilities are averaged over the modalities a sample has. Trained end to end on the averaged prediction."""
+
+    def __init__(self, cfg: ModelConfig, schema: DataSchema) -> None:
+        super().__init__()
+        self.cfg, self.schema = cfg, schema
+        self.encoders = nn.ModuleDict(
+            {m: build_encoder(f, cfg.tokens, cfg.dim, cfg.encoder) for m, f in zip(schema.modalities, schema.features)}
+        )
+        self.heads = nn.ModuleDict({m: nn.Linear(cfg.dim, schema.num_classes) for m in schema.modalities})
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        logits_BMC = torch.stack(
+            [
+                self.heads[m](self.drop(self.encoders[m](batch.inputs[m], batch.cell_missing[m]).mean(dim=1)))
+                for m in self.schema.modalities
+            ],
+            dim=1,
+        )
+        present_BM1 = batch.present_BM[:, :, None].to(logits_BMC.dtype)
+        probs_BC = (logits_BMC.softmax(dim=-1) * present_BM1).sum(dim=1) / present_BM1.sum(dim=1)
+        return ModelOutput(probs_BC.clamp(min=1e-12).log(), logits_BMC.new_zeros(()), [], None)
+
+
+ARCHS: dict[str, type[nn.Module] | None] = {
+    "fusion": MultimodalMoE,
+    "late_fusion": LateFusion,
+    "logreg": None,  # scikit-learn baselines: multimoe.baselines
+    "hgb": None,
+}
+
+
+SKLEARN_ARCHS = tuple(k for k, v in ARCHS.items() if v is None)
+
+
 def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str]]:
     """The model config as it will run on ``schema``, and notes on what was adjusted.
 
@@ -131,7 +168,9 @@ def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str
     notes = []
     r = cfg.moe.router
     combos = (1 << schema.num_modalities) - 1
-    identity = cfg.ffn == "moe" and r.supervision == "combination" and r.combination_map == "identity"
+    identity = (
+        cfg.arch == "fusion" and cfg.ffn == "moe" and r.supervision == "combination" and r.combination_map == "identity"
+    )
     if identity and cfg.moe.num_experts < combos:
         notes.append(
             f"{schema.num_modalities} modalities give {combos} combinations > {cfg.moe.num_experts} experts: "
@@ -141,10 +180,9 @@ def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str
     return cfg, notes
 
 
-def build_model(cfg: ModelConfig, schema: DataSchema) -> MultimodalMoE:
-    """A model for ``schema``; ``cfg`` should already be resolved (see ``resolve``)."""
-    return MultimodalMoE(cfg, schema)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def build_model(cfg: ModelConfig, schema: DataSchema) -> nn.Module:
+    """A neural model for ``schema``; ``cfg`` should already be resolved (see ``resolve``)."""
+    cls = ARCHS.get(cfg.arch)
+    if cls is None:
+        raise ValueError(f"model.arch={cfg.arch!r} is not a neural model; neural archs: fusion, late_fusion")
+    return cls(cfg, schema)

@@ -22,12 +22,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from multimoe import __version__
+from multimoe.baselines import fit_sklearn
 from multimoe.batch import drop_modalities
 from multimoe.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from multimoe.config import Config, TrainConfig, to_dict
+from multimoe.cost import model_costs
 from multimoe.data import Splits, Table, build_table, prepare
 from multimoe.evaluate import evaluate
-from multimoe.model import build_model, count_parameters, resolve
+from multimoe.model import SKLEARN_ARCHS, build_model, resolve
 
 
 @dataclass
@@ -37,6 +39,8 @@ class RunResult:
     val: dict
     test: dict
     summary: dict
+    model: object = None  # the selected model (torch module, or a fitted scikit-learn baseline)
+    splits: Splits | None = None  # the data it was trained and tested on
 
 
 def epoch_order(epoch: int, num_present_N: torch.Tensor, cfg: TrainConfig, seed: int) -> torch.Tensor:
@@ -119,6 +123,11 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     run_dir = make_run_dir(cfg, table)
     config_dict = to_dict(cfg)
     atomic_write(run_dir / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config_dict, sort_keys=False)))
+    if model_cfg.arch in SKLEARN_ARCHS:
+        model = fit_sklearn(model_cfg, splits.train, cfg.seed)
+        costs = {"parameters": model.parameters(), "active_parameters": model.parameters()}
+        costs["flops_per_sample"] = model.flops_per_sample()
+        return _finish(cfg, table, splits, run_dir, model, 0, 1, notes, costs, start, device)
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, splits.schema).to(device)
@@ -192,8 +201,15 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
         save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch, "select": t.select, "value": None})
         best_epoch = epoch
     load_checkpoint(ckpt_path, model)
-    val = evaluate(model, splits.val, t.eval_batch_size, device)
-    test = evaluate(model, splits.test, t.eval_batch_size, device)
+    costs = model_costs(model, model_cfg, splits.schema)
+    return _finish(cfg, table, splits, run_dir, model, best_epoch, epoch + 1, notes, costs, start, device)
+
+
+def _finish(cfg, table, splits, run_dir, model, best_epoch, epochs_run, notes, costs, start, device) -> RunResult:
+    """Evaluate the selected model on validation and test, write summary.json, return the result."""
+    fit_seconds = time.perf_counter() - start
+    val = evaluate(model, splits.val, cfg.train.eval_batch_size, device)
+    test = evaluate(model, splits.test, cfg.train.eval_batch_size, device)
     summary = {
         "run_dir": str(run_dir),
         "method": cfg.method,
@@ -201,10 +217,11 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
         "missing": cfg.data.missing,
         "seed": cfg.seed,
         "best_epoch": best_epoch,
-        "epochs_run": epoch + 1,
+        "epochs_run": epochs_run,
         "val": val,
         "test": test,
-        "parameters": count_parameters(model),
+        **costs,
+        "train_seconds": fit_seconds,
         "wall_seconds": time.perf_counter() - start,
         "peak_memory_mb": _peak_memory_mb(device),
         "notes": notes,
@@ -212,4 +229,4 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
         "multimoe_version": __version__,
     }
     atomic_write(run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
-    return RunResult(run_dir, best_epoch, val, test, summary)
+    return RunResult(run_dir, best_epoch, val, test, summary, model, splits)

@@ -1,0 +1,293 @@
+"""Benchmark results a person can read: statistics over seeds, paired comparisons, tables and plots.
+
+Statistics: per cell of the grid and method, the mean, standard deviation (ddof=1) and a 95 % t confidence
+interval over seeds. Each method is compared with the reference on the seeds both finished (same splits, same
+masks): the mean paired difference with its 95 % t interval and a paired t-test; "better" / "worse" when the
+interval excludes 0, else "within noise". No correction for multiple comparisons is applied (say so when reading).
+The primary metric is accuracy for multiclass tasks and the positive-class AUC for binary ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from multimoe.bench import Sweep, read_cells  # noqa: E402
+
+MARK = {"better": "▲", "worse": "▼", "within noise": "≈", "n/a": ""}
+
+
+def point_label(point: dict) -> str:
+    name = point.get("data.name", "")
+    missing = point.get("data.missing", "")
+    rest = ", ".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in ("data.name", "data.missing"))
+    return " ".join(x for x in (name, missing, f"({rest})" if rest else "") if x)
+
+
+def primary_metric(classes: int) -> str:
+    return "auc" if classes == 2 else "accuracy"
+
+
+def mean_ci(values) -> dict:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
+    mean = float(v.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "ci_low": None, "ci_high": None}
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired(method: dict[int, float], reference: dict[int, float]) -> dict:
+    """Paired comparison over the seeds both have: mean difference, its 95 % t interval, p, verdict."""
+    seeds = sorted(set(method) & set(reference))
+    d = np.array([method[s] - reference[s] for s in seeds], dtype=float)
+    if len(d) < 2:
+        return {"pairs": len(d), "diff": float(d.mean()) if len(d) else None, "diff_low": None, "diff_high": None,
+                "p": None, "verdict": "n/a"}  # fmt: skip
+    ci = mean_ci(d)
+    if ci["std"] == 0:
+        verdict = "within noise" if ci["mean"] == 0 else ("better" if ci["mean"] > 0 else "worse")
+        p = 1.0 if ci["mean"] == 0 else 0.0
+    else:
+        t_stat = ci["mean"] / (ci["std"] / math.sqrt(len(d)))
+        p = float(2 * stats.t.sf(abs(t_stat), len(d) - 1))  # paired t-test
+        verdict = "better" if ci["ci_low"] > 0 else "worse" if ci["ci_high"] < 0 else "within noise"
+    return {"pairs": len(d), "diff": ci["mean"], "diff_low": ci["ci_low"], "diff_high": ci["ci_high"], "p": p,
+            "verdict": verdict}  # fmt: skip
+
+
+def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
+    """One row per finished cell of the sweep (other sweeps' cells in the store are ignored)."""
+    keys = {c["key"] for c in sweep.cells()}
+    rows = []
+    for c in read_cells(Path(results_dir) / "cells.jsonl"):
+        if c.get("status") != "ok" or c["key"] not in keys:
+            continue
+        rows.append(
+            {
+                "method": c["method"],
+                "point": point_label(c["point"]),
+                "dataset": c["dataset"],
+                "missing": c["point"].get("data.missing", "natural"),
+                "seed": c["seed"],
+                "classes": c.get("classes", 0),
+                **{m: c["test"][m] for m in ("accuracy", "f1", "auc")},
+                **{
+                    k: c.get(k)
+                    for k in (
+                        "parameters",
+                        "active_parameters",
+                        "flops_per_sample",
+                        "train_seconds",
+                        "epochs_run",
+                        "best_epoch",
+                    )
+                },  # fmt: skip
+                "record": c,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
+    """Long table: per (point, method, metric) the statistics over seeds and the paired comparison."""
+    out = []
+    for (point, method), g in frame.groupby(["point", "method"], sort=False):
+        ref = frame[(frame.point == point) & (frame.method == sweep.reference)] if sweep.reference else None
+        for metric in ("accuracy", "f1", "auc"):
+            row = {"point": point, "method": method, "metric": metric, **mean_ci(g[metric])}
+            row["primary"] = metric == primary_metric(int(g["classes"].iloc[0]))
+            if ref is not None and len(ref) and method != sweep.reference:
+                row.update(paired(dict(zip(g.seed, g[metric])), dict(zip(ref.seed, ref[metric]))))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _fmt(mean, std) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.3f}" if std is None or (isinstance(std, float) and math.isnan(std)) else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
+    """Methods x grid points, primary metric: mean ± std over seeds, marked against the reference."""
+    prim = summary[summary.primary]
+    points = list(dict.fromkeys(prim.point))
+    methods = [m for m in sweep.methods if m in set(prim.method)]
+    header = "| method | " + " | ".join(f"{p} ({prim[prim.point == p].metric.iloc[0]})" for p in points) + " |"
+    lines = [header, "|" + " --- |" * (len(points) + 1)]
+    for m in methods:
+        cells = []
+        for p in points:
+            r = prim[(prim.point == p) & (prim.method == m)]
+            if not len(r):
+                cells.append("–")
+                continue
+            r = r.iloc[0]
+            mark = MARK.get(r.get("verdict", "n/a") if isinstance(r.get("verdict"), str) else "n/a", "")
+            cells.append(f"{_fmt(r['mean'], r['std'])} {mark}".strip())
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
+    """Per dataset and method: parameters, active parameters, forward MFLOPs per sample, median training time."""
+    lines = ["| dataset | method | parameters | active parameters | MFLOPs / sample | train s (median) | epochs |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for (dataset, method), g in frame.groupby(["dataset", "method"], sort=False):
+        flops = g.flops_per_sample.iloc[0]
+        lines.append(
+            f"| {dataset} | {method} | {int(g.parameters.iloc[0]):,} | {int(g.active_parameters.iloc[0]):,} | "
+            f"{'–' if flops is None or pd.isna(flops) else f'{flops / 1e6:.2f}'} | {g.train_seconds.median():.0f} | "
+            f"{g.epochs_run.median():.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_missing_rate(frame: pd.DataFrame, sweep: Sweep, path: Path) -> list[Path]:
+    """Primary metric vs MCAR rate per method with 95 % confidence bands, one figure per dataset."""
+    written = []
+    mcar = frame[frame.missing.str.startswith("mcar:")].copy()
+    if mcar.empty:
+        return written
+    mcar["rate"] = mcar.missing.str.split(":").str[1].astype(float)
+    for dataset, g in mcar.groupby("dataset"):
+        if g.rate.nunique() < 2:
+            continue
+        metric = primary_metric(int(g.classes.iloc[0]))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method in [m for m in sweep.methods if m in set(g.method)]:
+            stats_ = [(rate, mean_ci(h[metric])) for rate, h in g[g.method == method].groupby("rate")]
+            x = [r for r, _ in stats_]
+            y = np.array([s["mean"] for _, s in stats_])
+            lo = np.array([s["ci_low"] if s["ci_low"] is not None else s["mean"] for _, s in stats_])
+            hi = np.array([s["ci_high"] if s["ci_high"] is not None else s["mean"] for _, s in stats_])
+            (line,) = ax.plot(x, y, marker="o", label=method, lw=2 if method == sweep.reference else 1.3)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("MCAR rate (share of modalities dropped per sample)")
+        ax.set_ylabel(f"test {metric} (mean over seeds, 95% CI)")
+        ax.set_title(f"{dataset}: {metric} vs missing rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        out = path / f"{dataset}-missing-rate.png"
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def combination_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per point, method, combination: the primary metric over seeds under the per-combination protocol."""
+    rows = []
+    for _, r in frame.iterrows():
+        metric = primary_metric(int(r.classes))
+        for c in r.record.get("combinations") or []:
+            keep = {k: c[k] for k in ("combination", "index", "size", "n")}
+            rows.append({"point": r.point, "method": r.method, **keep, "seed": r.seed, "metric": metric,
+                         "value": c[metric]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def plot_combinations(combos: pd.DataFrame, sweep: Sweep, path: Path) -> list[Path]:
+    """A heatmap per grid point: combinations (rows, published order) x methods (columns)."""
+    written = []
+    for point, g in combos.groupby("point", sort=False):
+        table = g.groupby(["index", "combination", "method"]).value.mean().unstack("method")
+        table = table.sort_index(level="index")[[m for m in sweep.methods if m in table.columns]]
+        n_rows = len(table)
+        values = table.to_numpy(dtype=float)
+        fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * table.shape[1]), 1.5 + 0.22 * n_rows))
+        im = ax.imshow(values, aspect="auto", cmap="viridis")
+        if n_rows <= 31:  # small enough to print the numbers
+            for (i, j), v in np.ndenumerate(values):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.7 else "k")
+        ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n_rows), table.index.get_level_values("combination"), fontsize=6 if n_rows > 20 else 8)
+        ax.set_xlabel("method")
+        ax.set_ylabel("observed modalities")
+        ax.set_title(f"{point}: test {g.metric.iloc[0]} per combination", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+        fig.tight_layout()
+        out = path / f"{point.replace(' ', '_').replace(':', '')}-combinations.png"
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
+    """Write README.md (tables, plots, command), summary.csv, combinations.csv and plots/ to
+    ``<results_dir>/<sweep name>/``."""
+    results_dir = Path(results_dir)
+    out_dir = results_dir / sweep.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = load_frame(sweep, results_dir)
+    if frame.empty:
+        raise ValueError(f"no finished cells of sweep '{sweep.name}' in {results_dir / 'cells.jsonl'}")
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    summary = summary_table(frame, sweep)
+    summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.5f")
+    combos = combination_frame(frame)
+    pngs = plot_missing_rate(frame, sweep, plots)
+    if not combos.empty:
+        combos.groupby(["point", "method", "index", "combination", "size", "metric"]).value.agg(
+            ["mean", "std", "count"]
+        ).reset_index().to_csv(out_dir / "combinations.csv", index=False, float_format="%.5f")
+        pngs += plot_combinations(combos, sweep, plots)
+    sessions = read_cells(out_dir / "sessions.jsonl")
+    total = sum(s["seconds"] for s in sessions)
+    expected = len(sweep.cells())
+    lines = [
+        f"# Sweep `{sweep.name}`",
+        "",
+        sweep.description,
+        "",
+        f"Made by: `{command}`" if command else "",
+        "",
+        f"Cells finished: {len(frame)} of {expected} ({len(sweep.methods)} methods x {len(sweep.grid)} grid points "
+        f"x {len(sweep.seeds)} seeds); wall time of the sweep's sessions: {total / 60:.1f} min "
+        f"({len(sessions)} session(s), {sessions[-1]['jobs'] if sessions else '?'} workers).",
+        "",
+        f"What is held equal: {sweep.budget}" if sweep.budget else "",
+        "",
+        "## Test results (mean ± std over seeds)",
+        "",
+        f"Marks against `{sweep.reference}` (paired over seeds, 95 % t interval of the difference): ▲ better "
+        "beyond noise, ▼ worse beyond noise, ≈ within noise. No multiple-comparison correction."
+        if sweep.reference
+        else "",
+        "",
+        markdown_main(summary, sweep),
+        "",
+        "## Compute",
+        "",
+        markdown_costs(frame, sweep),
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem}](plots/{p.name})" for p in pngs],
+        "",
+        "Full statistics (every metric, 95 % CIs, paired differences and p-values): `summary.csv`; per-combination "
+        "results: `combinations.csv`; raw per-cell records: `cells.jsonl`.",
+        "",
+    ]
+    readme = out_dir / "README.md"
+    readme.write_text("\n".join(line for line in lines if line is not None))
+    (out_dir / "summary.json").write_text(json.dumps({"cells": len(frame), "expected": expected}, indent=1))
+    return readme

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from multimoe.bench import append_cell, load_sweep, read_cells, run_sweep
+from multimoe.bench_render import mean_ci, paired, render
+from multimoe.config import ConfigError
+
+SWEEP = """
+name: tiny
+seeds: [0, 1]
+reference: flexmoe
+budget: tiny models, 2 epochs
+common: {data.synthetic.samples: 200, data.synthetic.modalities: 2, data.synthetic.features: 6, model.dim: 8,
+         model.tokens: 2, model.heads: 2, model.moe.hidden: 8, model.moe.router.top_k: 2, train.epochs: 2,
+         train.batch_size: 32, train.lr: 3.0e-3}
+methods:
+  flexmoe: {preset: PRESETS/flexmoe.yaml}
+  logreg: PRESETS/logreg.yaml
+grid:
+  - {data.name: synthetic, data.missing: "mcar:0.3"}
+per_combination: true
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path, request):
+    presets = request.config.rootpath / "configs"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SWEEP.replace("PRESETS", str(presets)))
+    return path
+
+
+def test_tiny_sweep_end_to_end_with_restart(sweep_file, tmp_path):
+    sweep = load_sweep(sweep_file)
+    assert len(sweep.cells()) == 4
+    out = tmp_path / "out"
+    results = run_sweep(sweep, out, jobs=2, progress=False)
+    assert results == out / "cells.jsonl"
+    cells = read_cells(results)
+    assert len(cells) == 4 and all(c["status"] == "ok" for c in cells)
+    assert all(len(c["combinations"]) == 3 for c in cells)  # 2 modalities -> 3 combinations tested once each
+    # restart after some cells finished: drop two lines, the rerun runs exactly those two
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(lines[:2]))
+    run_sweep(sweep, out, jobs=2, progress=False)
+    assert sorted(c["key"] for c in read_cells(results)) == sorted(c["key"] for c in cells)
+    sessions = read_cells(out / "tiny" / "sessions.jsonl")
+    assert [s["cells_run"] for s in sessions] == [4, 2]
+    run_sweep(sweep, out, jobs=2, progress=False)  # nothing left to do
+    assert read_cells(out / "tiny" / "sessions.jsonl")[-1]["cells_run"] == 0
+    readme = render(sweep, out, command="multimoe bench tiny.yaml")
+    text = readme.read_text()
+    assert "| flexmoe |" in text and "| logreg |" in text and "multimoe bench tiny.yaml" in text
+    assert (out / "tiny" / "summary.csv").is_file() and (out / "tiny" / "combinations.csv").is_file()
+    assert list((out / "tiny" / "plots").glob("*.png"))
+    # another sweep sharing the store reuses identical cells and computes only new ones
+    other = load_sweep(sweep_file)
+    other.name, other.seeds = "other", [0, 1, 2]
+    run_sweep(other, out, jobs=2, progress=False)
+    assert read_cells(out / "other" / "sessions.jsonl")[-1]["cells_run"] == 2
+
+
+def test_torn_last_line_is_dropped_and_repaired(tmp_path):
+    path = tmp_path / "cells.jsonl"
+    append_cell(path, {"key": "a", "status": "ok"})
+    with open(path, "ab") as f:
+        f.write(b'{"key": "b", "sta')  # killed mid-write
+    assert [c["key"] for c in read_cells(path)] == ["a"]
+    read_cells(path, repair=True)
+    append_cell(path, {"key": "c", "status": "ok"})
+    assert [c["key"] for c in read_cells(path)] == ["a", "c"]
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_sweep_errors_name_the_problem(tmp_path, sweep_file):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochz: 2"))
+    with pytest.raises(ConfigError, match="unknown config key train.epochz"):
+        load_sweep(bad)
+    bad.write_text(sweep_file.read_text().replace("reference: flexmoe", "reference: nope"))
+    with pytest.raises(ConfigError, match="reference 'nope'"):
+        load_sweep(bad)
+
+
+def test_statistics():
+    s = mean_ci([0.8, 0.9, 1.0])
+    assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(0.1)
+    assert s["ci_high"] - s["mean"] == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-5)  # t(0.975, 2)
+    better = paired({0: 0.9, 1: 0.92, 2: 0.95}, {0: 0.8, 1: 0.81, 2: 0.86})
+    assert better["verdict"] == "better" and better["diff"] == pytest.approx(0.1, abs=1e-9)
+    noisy = paired({0: 0.9, 1: 0.7, 2: 0.95}, {0: 0.8, 1: 0.85, 2: 0.86})
+    assert noisy["verdict"] == "within noise"
+    assert paired({0: 0.5}, {0: 0.4})["verdict"] == "n/a"
