@@ -182,8 +182,10 @@ def append_cell(path: Path, record: dict) -> None:
 def run_cell(preset: str, overrides: dict, out_dir: str, threads: int, per_combination: bool) -> dict:
     """Train and test one cell; returns the record appended to cells.jsonl (errors are recorded, not raised)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(threads)
     from multimoe.evaluate import evaluate_combinations
     from multimoe.train import train
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from multimoe import __version__
@@ -108,8 +109,9 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     """Train ``cfg`` on its dataset (or on ``table``, e.g. ``Table.from_frame(df, ...)``) and test the best epoch."""
     start = time.perf_counter()
     t = cfg.train
-    if t.threads:
+    if t.threads:  # torch's and the BLAS/OpenMP pools scikit-learn uses (oversubscribed pools thrash)
         torch.set_num_threads(t.threads)
+        threadpool_limits(t.threads)
     device = torch.device(t.device)
     table = table if table is not None else build_table(cfg.data)
     splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)

@@ -1,8 +1,12 @@
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from multimoe.config import Config, load_config
 from multimoe.data import DATASETS
+
+# one thread for the BLAS/OpenMP pools: scikit-learn's OpenMP pool thrashes when the machine is shared
+threadpool_limits(1)
 
 
 @pytest.fixture(autouse=True)
