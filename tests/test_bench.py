@@ -92,3 +92,30 @@ def test_statistics():
     noisy = paired({0: 0.9, 1: 0.7, 2: 0.95}, {0: 0.8, 1: 0.85, 2: 0.86})
     assert noisy["verdict"] == "within noise"
     assert paired({0: 0.5}, {0: 0.4})["verdict"] == "n/a"
+
+
+def test_killed_bench_loses_no_finished_cell(sweep_file, tmp_path):
+    """SIGKILL the whole `multimoe bench` process group once a cell has finished; the restart keeps every finished
+    cell, reruns only the others, and the store stays readable line by line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(out), "--jobs", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store = out / "cells.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_cells(store)) < 1:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = read_cells(store)
+    assert 1 <= len(finished) < 4, "the kill should land mid-sweep"
+    assert all(json.loads(line) for line in store.read_text().splitlines())
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = read_cells(store)
+    assert len({c["key"] for c in cells}) == 4 and len(cells) == 4  # nothing lost, nothing computed twice
+    assert read_cells(out / "tiny" / "sessions.jsonl")[-1]["cells_run"] == 4 - len(finished)
