@@ -76,7 +76,7 @@ class ModelConfig:
     dropout: float = 0.5  # dropout on attention probabilities and on both residual branches
     ffn: str = "moe"  # fusion feed-forward: moe | dense
     dense_hidden: int = 0  # hidden width of the dense feed-forward (0: top_k x expert hidden, equal active params)
-    fill: str = "bank"  # missing-modality fill: bank (Flex-MoE) | token | zero
+    fill: str = "bank"  # missing-modality fill: bank (Flex-MoE) | token | zero | additive (scales as M^2)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)

@@ -1,4 +1,5 @@
-"""Missing-modality fills: what stands in for an absent modality's P x D token block.
+"""Missing-modality fills: what stands in for an absent modality's P x D token block, given the sample's
+combination index and presence mask.
 
 Shapes: B batch, M modalities, P tokens, D width, C = 2^M - 1 combinations.
 """
@@ -17,7 +18,7 @@ class BankFill(nn.Module):
         super().__init__()
         self.bank_CMPD = nn.Parameter(torch.randn((1 << modalities) - 1, modalities, tokens, dim))
 
-    def forward(self, combo_B: Tensor) -> Tensor:
+    def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
         return self.bank_CMPD[combo_B]
 
 
@@ -28,8 +29,25 @@ class TokenFill(nn.Module):
         super().__init__()
         self.token_MPD = nn.Parameter(torch.randn(modalities, tokens, dim))
 
-    def forward(self, combo_B: Tensor) -> Tensor:
+    def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
         return self.token_MPD.expand(combo_B.shape[0], *self.token_MPD.shape)
+
+
+class AdditiveFill(nn.Module):
+    """A bank that scales (METHODS.md §4): the fill of absent modality m is a learned token plus the sum, over the
+    modalities j the sample has, of a learned P x D embedding of (j -> m). It depends on the observed set like
+    Flex-MoE's bank, with M^2 blocks instead of (2^M - 1) x M, and is defined for combinations never seen in
+    training."""
+
+    def __init__(self, modalities: int, tokens: int, dim: int) -> None:
+        super().__init__()
+        self.token_MPD = nn.Parameter(torch.randn(modalities, tokens, dim))
+        self.from_MMPD = nn.Parameter(0.02 * torch.randn(modalities, modalities, tokens, dim))
+
+    def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
+        M, _, P, D = self.from_MMPD.shape
+        observed = present_BM.to(self.from_MMPD.dtype) @ self.from_MMPD.reshape(M, M * P * D)
+        return self.token_MPD + observed.view(-1, M, P, D)
 
 
 class ZeroFill(nn.Module):
@@ -39,11 +57,11 @@ class ZeroFill(nn.Module):
         super().__init__()
         self.shape = (modalities, tokens, dim)
 
-    def forward(self, combo_B: Tensor) -> Tensor:
+    def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
         return torch.zeros((), device=combo_B.device).expand(combo_B.shape[0], *self.shape)
 
 
-FILLS: dict[str, type[nn.Module]] = {"bank": BankFill, "token": TokenFill, "zero": ZeroFill}
+FILLS: dict[str, type[nn.Module]] = {"bank": BankFill, "token": TokenFill, "zero": ZeroFill, "additive": AdditiveFill}
 
 
 def build_fill(kind: str, modalities: int, tokens: int, dim: int) -> nn.Module:

@@ -106,7 +106,9 @@ class MultimodalMoE(nn.Module):
         enc_BMPD = torch.stack(
             [self.encoders[m](batch.inputs[m], batch.cell_missing[m]) for m in self.schema.modalities], dim=1
         )
-        tokens_BMPD = torch.where(batch.present_BM[:, :, None, None], enc_BMPD, self.fill(batch.combo_B))
+        tokens_BMPD = torch.where(
+            batch.present_BM[:, :, None, None], enc_BMPD, self.fill(batch.combo_B, batch.present_BM)
+        )
         x_BND = tokens_BMPD.reshape(B, M * P, D) + self.pos_ND
         info = TokenInfo(self.modality_N.repeat(B), batch.combo_B.repeat_interleave(M * P), M)
         aux = x_BND.new_zeros(())
