@@ -4,6 +4,10 @@ import torch
 from multimoe.config import Config, load_config
 from multimoe.data import DATASETS
 
+# one intra-op thread: the tests' tensors are tiny, and on a shared 2-core machine two threads spin against other
+# jobs (a 3-run determinism test took 57 s with two threads under load, 2.6 s with one)
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
