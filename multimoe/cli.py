@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from multimoe.checkpoint import CheckpointError
 from multimoe.config import ConfigError, load_config
 from multimoe.data import DataError, DataPackageMissing
 from multimoe.evaluate import format_results
+from multimoe.guard import NonFiniteError
 
-USER_ERRORS = (ConfigError, DataError, DataPackageMissing, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, DataPackageMissing, CheckpointError, NonFiniteError)
 
 
 def _final_line(run_dir: str, test: dict, **extra) -> str:
@@ -27,7 +29,18 @@ def _final_line(run_dir: str, test: dict, **extra) -> str:
 def cmd_train(args: argparse.Namespace) -> None:
     from multimoe.train import train
 
-    cfg = load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).is_file():  # `train --resume RUN key=value`
+        config, overrides = None, [config, *overrides]
+    if args.resume:
+        if config is None:  # the run's own resolved config
+            config = Path(args.resume) / "config.yaml"
+            if not config.is_file():
+                raise ConfigError(f"{args.resume} is not a run folder (no config.yaml); pass a folder written by train")
+        overrides.append(f"train.resume={args.resume}")
+    elif config is None:
+        raise ConfigError("train needs a CONFIG (a preset such as configs/flexmoe.yaml) or --resume RUN_DIR")
+    cfg = load_config(config, overrides)
     result = train(cfg)
     print(f"best epoch {result.best_epoch + 1} of {result.summary['epochs_run']}, run folder {result.run_dir}")
     print(format_results(result.test, f"test ({cfg.data.missing})"))
@@ -82,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multimoe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a config (a preset in configs/) and test its best validation epoch")
-    p.add_argument("config", help="YAML preset, e.g. configs/flexmoe.yaml")
+    p.add_argument("config", nargs="?", help="YAML preset, e.g. configs/flexmoe.yaml (with --resume: the run's own)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.name=mfeat seed=1")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a killed run from its last completed epoch (train.resume)"
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a run's best model, e.g. under another missingness protocol")
     p.add_argument("run_dir", help="a folder written by `multimoe train`")
@@ -102,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after an option (`train CONFIG --resume RUN seed=1`) land here
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except USER_ERRORS as e:

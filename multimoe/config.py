@@ -1,13 +1,14 @@
 """Configuration: nested dataclasses whose defaults run, YAML presets, dotted overrides, strict loading.
 
 A preset (``configs/*.yaml``) names only what differs from the defaults. Command-line overrides are ``key=value``
-pairs with dotted keys (``model.moe.top_k=2``); values are parsed as YAML scalars. Unknown keys, wrong types and
+pairs with dotted keys (``model.moe.router.top_k=2``); values are parsed as YAML scalars. Unknown keys, wrong types and
 unknown registry names fail at load with the valid choices listed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True  # show a progress bar on stderr
+    resume: str | None = None  # run folder to continue from its last completed epoch (same config; see resume.py)
 
 
 @dataclass
@@ -160,12 +162,36 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
 
 
+def _all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree, sections included (``model``, ``model.moe``, ``model.moe.hidden``)."""
+    out = []
+    for name, tp in _field_types(cls or Config).items():
+        out.append(prefix + name)
+        if dataclasses.is_dataclass(tp):
+            out.extend(_all_keys(tp, prefix + name + "."))
+    return out
+
+
+def _suggest(key: str) -> str:
+    """' (did you mean model.moe.router.top_k?)' for a key that sits elsewhere in the tree or is misspelt."""
+    keys = _all_keys()
+    section, _, last = key.rpartition(".")
+    names = {k.rsplit(".", 1)[-1] for k in keys}
+    close = difflib.get_close_matches(last, names, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    found = [k for k in keys if k.rsplit(".", 1)[-1] == close[0]]
+    found.sort(key=lambda k: (not k.startswith(section), len(k)))  # prefer the key's own section
+    return f" (did you mean {found[0]}?)"
+
+
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
     types_ = _field_types(cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
+        key = f"{prefix}{unknown[0]}"
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]}; valid keys under '{prefix or '<top>'}': {', '.join(types_)}"
+            f"unknown config key {key}{_suggest(key)}; valid keys under '{prefix or '<top>'}': {', '.join(types_)}"
         )
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
@@ -187,7 +213,7 @@ def parse_overrides(items: list[str]) -> dict:
     tree: dict = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not key=value (e.g. model.moe.top_k=2)")
+            raise ConfigError(f"override '{item}' is not key=value (e.g. model.moe.router.top_k=2)")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -221,7 +247,7 @@ def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = values.pop("base", None)
@@ -263,6 +289,9 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+MAX_SEED = 2**32 - 2  # scikit-learn takes seeds in [0, 2^32 - 1], and the split uses seed + 1
+
+
 def validate(cfg: Config) -> None:
     from multimoe.data import DATASETS, parse_protocol
     from multimoe.encoders import ENCODERS
@@ -270,6 +299,12 @@ def validate(cfg: Config) -> None:
     from multimoe.model import ARCHS
     from multimoe.routers import LAYOUTS, ROUTERS
 
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
+    if any(sep in cfg.name for sep in ("/", "\\")) or cfg.name in (".", ".."):
+        raise ConfigError(
+            f"name={cfg.name!r} names a run folder inside out_dir: no '/' or '\\'; use out_dir for the path"
+        )
     if cfg.data.spec is None:
         _choice("data.name", cfg.data.name, DATASETS)
     parse_protocol(cfg.data.missing)
@@ -314,3 +349,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.modality_dropout={t.modality_dropout} must be in [0, 1)")
     if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device={t.device!r} is not valid; choose cpu, cuda or cuda:N")
+
+
+def check_device(spec: str):
+    """``torch.device(spec)``, or a ConfigError when this machine has no such device (checked before any work)."""
+    import torch
+
+    if not (spec == "cpu" or spec == "cuda" or spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise ConfigError(f"train.device={spec!r} is not valid; choose cpu, cuda or cuda:N")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device={spec} but torch sees no CUDA device (torch {torch.__version__}, "
+                f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); use train.device=cpu"
+            )
+        index = torch.device(spec).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device={spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(spec)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimoe.batch import Batch
-from multimoe.config import ModelConfig
+from multimoe.config import ConfigError, ModelConfig
 from multimoe.data.dataset import DataSchema
 from multimoe.encoders import build_encoder
 from multimoe.gate_losses import combination_targets
@@ -179,6 +179,12 @@ def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str
             f"using {combos} experts (one per combination, as Flex-MoE's identity map requires)"
         )
         cfg.moe.num_experts = combos
+    if cfg.arch == "fusion" and cfg.ffn == "moe" and not 1 <= r.top_k <= cfg.moe.num_experts:
+        pool = "per modality pool" if r.layout == "disjoint" else "in all"
+        raise ConfigError(
+            f"model.moe.router.top_k={r.top_k} must be between 1 and model.moe.num_experts={cfg.moe.num_experts} "
+            f"(experts {pool})"
+        )
     return cfg, notes
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from multimoe.checkpoint import CheckpointError, atomic_write, load_checkpoint, read_meta
-from multimoe.config import Config, ConfigError, load_config, parse_overrides
+from multimoe.config import Config, ConfigError, check_device, load_config, parse_overrides, to_dict
 from multimoe.data import DataSchema, build_table, parse_protocol, prepare
 from multimoe.evaluate import evaluate
 from multimoe.model import MultimodalMoE, build_model
@@ -25,7 +25,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, MultimodalMoE]:
     ckpt = run_dir / "best.safetensors"
     meta = read_meta(ckpt)
     model = build_model(cfg.model, DataSchema.from_dict(meta["schema"]))
-    load_checkpoint(ckpt, model)
+    load_checkpoint(ckpt, model, expect_model_config=to_dict(cfg.model))
     return cfg, model
 
 
@@ -44,7 +44,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     eval_missing = over.get("data", {}).get("missing", cfg.data.missing)
     parse_protocol(eval_missing)
     t = over.get("train", {})
-    device = t.get("device", cfg.train.device)
+    device = check_device(str(t.get("device", cfg.train.device)))
     if t.get("threads"):
         torch.set_num_threads(int(t["threads"]))
     splits = prepare(build_table(cfg.data), cfg.data, cfg.seed, eval_missing=eval_missing)

@@ -1,7 +1,9 @@
 """Training: one readable loop with the Flex-MoE curriculum, best-validation checkpoint and optional early stopping.
 
 Each run writes a folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch), ``best.safetensors``
-(weights of the best validation epoch) and ``summary.json`` (validation and test results, cost, notes).
+(weights of the best validation epoch) and ``summary.json`` (validation and test results, cost, notes). While it
+runs, ``state.safetensors`` holds the last completed epoch so that ``train.resume`` can continue it (resume.py).
+A non-finite loss or gradient stops training with a message naming the step (guard.py).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import yaml
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from multimoe import __version__
+from multimoe import __version__, resume
 from multimoe.baselines import fit_sklearn
 from multimoe.batch import drop_modalities
 from multimoe.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from multimoe.config import Config, TrainConfig, to_dict
+from multimoe.config import Config, TrainConfig, check_device, to_dict
 from multimoe.cost import model_costs
 from multimoe.data import Splits, Table, build_table, prepare
 from multimoe.evaluate import evaluate
+from multimoe.guard import FiniteGuard, grad_norm
 from multimoe.model import SKLEARN_ARCHS, build_model, resolve
 
 
@@ -106,13 +109,21 @@ def _log(msg: str) -> None:
 
 
 def train(cfg: Config, table: Table | None = None, splits: Splits | None = None) -> RunResult:
-    """Train ``cfg`` on its dataset (or on ``table``, e.g. ``Table.from_frame(df, ...)``) and test the best epoch."""
+    """Train ``cfg`` on its dataset (or on ``table``, e.g. ``Table.from_frame(df, ...)``) and test the best epoch.
+
+    With ``train.resume`` set to a run folder, continue that run after its last completed epoch (a run that already
+    finished reports its summary)."""
     start = time.perf_counter()
     t = cfg.train
+    if t.resume:
+        done = resume.finished_summary(cfg)
+        if done is not None:
+            _log(f"run {t.resume} already finished; reporting its results")
+            return RunResult(Path(t.resume), done["best_epoch"], done["val"], done["test"], done)
     if t.threads:  # torch's and the BLAS/OpenMP pools scikit-learn uses (oversubscribed pools thrash)
         torch.set_num_threads(t.threads)
         threadpool_limits(t.threads)
-    device = torch.device(t.device)
+    device = check_device(t.device)
     table = table if table is not None else build_table(cfg.data)
     splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)
     model_cfg, notes = resolve(cfg.model, splits.schema)
@@ -122,35 +133,57 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     if table.synthetic:
         notes.append("synthetic data (generated), not a real dataset")
 
-    run_dir = make_run_dir(cfg, table)
     config_dict = to_dict(cfg)
+    config_dict["train"]["resume"] = None  # the run folder describes the run, not how it was last started
+    if t.resume:
+        run_dir = Path(t.resume)
+        resume.check_same_config(run_dir, config_dict)
+    else:
+        run_dir = make_run_dir(cfg, table)
     atomic_write(run_dir / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(config_dict, sort_keys=False)))
     if model_cfg.arch in SKLEARN_ARCHS:
         model = fit_sklearn(model_cfg, splits.train, cfg.seed)
         costs = {"parameters": model.parameters(), "active_parameters": model.parameters()}
         costs["flops_per_sample"] = model.flops_per_sample()
-        return _finish(cfg, table, splits, run_dir, model, 0, 1, notes, costs, start, device)
+        return _finish(cfg, table, splits, run_dir, model, resume.Progress(0, None, 0), notes, costs, start, device)
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, splits.schema).to(device)
     optimizer = _make_optimizer(model, t)
-    meta = {"config": config_dict, "schema": splits.schema.to_dict(), "multimoe_version": __version__}
+    meta = {
+        "config": config_dict,
+        "schema": splits.schema.to_dict(),
+        "multimoe_version": __version__,
+        "select": t.select,
+    }
+    progress = resume.restore(run_dir, model, optimizer, meta) if t.resume else resume.Progress()
+    if t.resume:
+        _log(f"resuming {run_dir} after epoch {progress.epoch + 1} of {t.epochs}")
+    seconds_before = progress.seconds
 
     train_data = splits.train
     num_present_N = train_data.present_NM.sum(dim=1)
     steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
-    best_value, best_epoch, stale = None, -1, 0
-    ckpt_path = run_dir / "best.safetensors"
+    guard = FiniteGuard(device, steps_per_epoch)
+    ckpt_path = run_dir / resume.BEST_FILE
     bar = tqdm(
-        total=t.epochs * steps_per_epoch, desc=run_dir.name, unit="step", disable=not t.progress, file=sys.stderr
+        total=t.epochs * steps_per_epoch,
+        initial=(progress.epoch + 1) * steps_per_epoch,
+        desc=run_dir.name,
+        unit="step",
+        disable=not t.progress,
+        file=sys.stderr,
     )
     with open(run_dir / "metrics.jsonl", "a") as metrics_file, open(run_dir / "routing.jsonl", "a") as routing_file:
-        for epoch in range(t.epochs):
+        for epoch in range(progress.epoch + 1, t.epochs):
+            if progress.stopped:
+                break
             model.train()
             epoch_start = time.perf_counter()
             task_sum = torch.zeros(())
             gate_sum = torch.zeros(())
-            for batch in train_data.batches(t.batch_size, epoch_order(epoch, num_present_N, t, cfg.seed)):
+            order = epoch_order(epoch, num_present_N, t, cfg.seed)
+            for step, batch in enumerate(train_data.batches(t.batch_size, order)):
                 if t.modality_dropout > 0:
                     batch = batch.with_presence(drop_modalities(batch.present_BM, t.modality_dropout))
                 batch = batch.to(device)
@@ -159,20 +192,19 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
                 loss = task_loss + t.gate_loss_weight * out.aux_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                guard.observe(epoch, step, loss, grad_norm(model, t.grad_clip))
                 optimizer.step()
                 task_sum += task_loss.detach().cpu()
                 gate_sum += out.aux_loss.detach().cpu()
                 bar.update(1)
+            guard.check()
             val = evaluate(model, splits.val, t.eval_batch_size, device)
             value = _select_value(val, t.select)
-            improved = _better(t.select, value, best_value)
+            improved = _better(t.select, value, progress.best_value)
             if improved:
-                best_value, best_epoch, stale = value, epoch, 0
-                save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch, "select": t.select, "value": value})
+                progress.best_value, progress.best_epoch, progress.stale = value, epoch, 0
             else:
-                stale += 1
+                progress.stale += 1
             record = {
                 "epoch": epoch,
                 "phase": "warmup" if epoch < t.warmup_epochs else "train",
@@ -188,27 +220,33 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
             if val["routing"]:  # validation routing per epoch, for routing-drift reports
                 routing_file.write(json.dumps({"epoch": epoch, "split": "val", "layers": val["routing"]}) + "\n")
                 routing_file.flush()
+            # order matters for resuming after a kill: metric lines, then the state, then the best weights
+            progress.epoch, progress.stopped = epoch, bool(t.patience and progress.stale >= t.patience)
+            progress.seconds = seconds_before + time.perf_counter() - start
+            resume.save_progress(run_dir, model, optimizer, progress, meta)
+            if improved:
+                save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch, "value": value})
             bar.set_postfix(
                 epoch=epoch + 1,
                 loss=f"{record['train_loss']:.3f}",
-                **{f"val_{t.select}": f"{value:.4f}"},
+                **{f"val_{t.select}": "n/a" if value is None else f"{value:.4f}"},
                 refresh=False,
             )
-            if t.patience and stale >= t.patience:
+            if progress.stopped:
                 _log(f"early stop after epoch {epoch + 1}: no {t.select} improvement in {t.patience} epochs")
-                break
     bar.close()
 
-    if best_epoch < 0:  # validation metric never defined: keep the last epoch
-        save_checkpoint(ckpt_path, model, {**meta, "epoch": epoch, "select": t.select, "value": None})
-        best_epoch = epoch
-    load_checkpoint(ckpt_path, model)
+    if progress.best_epoch < 0:  # validation metric never defined: keep the last epoch
+        save_checkpoint(ckpt_path, model, {**meta, "epoch": progress.epoch, "value": None})
+        progress.best_epoch = progress.epoch
+    load_checkpoint(ckpt_path, model, expect_model_config=config_dict["model"])
     costs = model_costs(model, model_cfg, splits.schema)
-    return _finish(cfg, table, splits, run_dir, model, best_epoch, epoch + 1, notes, costs, start, device)
+    return _finish(cfg, table, splits, run_dir, model, progress, notes, costs, start - seconds_before, device)
 
 
-def _finish(cfg, table, splits, run_dir, model, best_epoch, epochs_run, notes, costs, start, device) -> RunResult:
-    """Evaluate the selected model on validation and test, write summary.json, return the result."""
+def _finish(cfg, table, splits, run_dir, model, progress, notes, costs, start, device) -> RunResult:
+    """Evaluate the selected model on validation and test, write summary.json, return the result. ``start`` is
+    the run's start on this session's clock (earlier sessions of a resumed run included)."""
     fit_seconds = time.perf_counter() - start
     val = evaluate(model, splits.val, cfg.train.eval_batch_size, device)
     test = evaluate(model, splits.test, cfg.train.eval_batch_size, device)
@@ -218,8 +256,8 @@ def _finish(cfg, table, splits, run_dir, model, best_epoch, epochs_run, notes, c
         "dataset": table.name,
         "missing": cfg.data.missing,
         "seed": cfg.seed,
-        "best_epoch": best_epoch,
-        "epochs_run": epochs_run,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": progress.epoch + 1,
         "val": val,
         "test": test,
         **costs,
@@ -230,5 +268,6 @@ def _finish(cfg, table, splits, run_dir, model, best_epoch, epochs_run, notes, c
         "data": splits.info,
         "multimoe_version": __version__,
     }
-    atomic_write(run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
-    return RunResult(run_dir, best_epoch, val, test, summary, model, splits)
+    atomic_write(run_dir / resume.SUMMARY_FILE, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+    resume.finish(run_dir)
+    return RunResult(run_dir, progress.best_epoch, val, test, summary, model, splits)

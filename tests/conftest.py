@@ -5,7 +5,10 @@ from threadpoolctl import threadpool_limits
 from multimoe.config import Config, load_config
 from multimoe.data import DATASETS
 
-# one thread for the BLAS/OpenMP pools: scikit-learn's OpenMP pool thrashes when the machine is shared
+# one thread for torch and for the BLAS/OpenMP pools: the tests' tensors are tiny, and on a shared 2-core machine
+# extra threads spin against other jobs (a 3-run determinism test: 57 s with two threads under load, 2.6 s with one;
+# scikit-learn's gradient boosting: 127 s vs 1.2 s)
+torch.set_num_threads(1)
 threadpool_limits(1)
 
 

@@ -2,6 +2,7 @@ import json
 
 import torch
 from conftest import tiny_config
+from safetensors.torch import load_file
 
 from multimoe.config import TrainConfig
 from multimoe.train import epoch_order, train
@@ -27,11 +28,21 @@ def test_run_folder_contents(tmp_path):
     assert sum(r["n"] for r in summary["test"]["per_combination"]) == summary["test"]["overall"]["n"]
 
 
+def epoch_lines(run_dir) -> list[dict]:
+    return [{k: v for k, v in json.loads(s).items() if k != "seconds"} for s in (run_dir / "metrics.jsonl").open()]
+
+
 def test_same_seed_same_metrics_on_cpu(tmp_path):
-    a = train(tiny_config(tmp_path / "a"))
-    b = train(tiny_config(tmp_path / "b"))
-    c = train(tiny_config(tmp_path / "c", "seed=1"))
-    assert a.test == b.test
+    # dropout on: its masks and the noisy gate's noise draw from the seeded global RNG
+    a = train(tiny_config(tmp_path / "a", "model.dropout=0.3"))
+    b = train(tiny_config(tmp_path / "b", "model.dropout=0.3"))
+    c = train(tiny_config(tmp_path / "c", "model.dropout=0.3", "seed=1"))
+    assert a.test == b.test and a.val == b.val  # overall, per combination and per size, bit for bit
+    assert epoch_lines(a.run_dir) == epoch_lines(b.run_dir)  # every epoch's losses and validation metrics
+    assert (a.run_dir / "routing.jsonl").read_text() == (b.run_dir / "routing.jsonl").read_text()
+    wa, wb = load_file(a.run_dir / "best.safetensors"), load_file(b.run_dir / "best.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [e["train_loss"] for e in epoch_lines(a.run_dir)] != [e["train_loss"] for e in epoch_lines(c.run_dir)]
     assert a.test["overall"] != c.test["overall"] or a.val != c.val
 
 

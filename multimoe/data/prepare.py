@@ -33,24 +33,33 @@ def natural_presence(table: Table) -> np.ndarray:
     return np.stack([np.asarray(c).reshape(len(table.frame), -1).any(axis=1) for c in cols], axis=1)
 
 
-def split_rows(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+def split_rows(
+    labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float, where: str = ""
+) -> dict[str, np.ndarray]:
     """Seeded stratified split of row positions into train / val / test."""
     rows = np.arange(len(labels))
+    shares = f"{1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%}"
+    counts = pd.Series(labels).value_counts()
+    if counts.iloc[-1] < 2:
+        raise DataError(
+            f"class '{counts.index[-1]}'{where} has a single row: a stratified {shares} split cannot place it in "
+            "training and in evaluation; merge it into another class or drop its row"
+        )
     try:
         rest, test = train_test_split(rows, test_size=test_fraction, random_state=seed, stratify=labels)
         val_share = val_fraction / (1.0 - test_fraction)
         train, val = train_test_split(rest, test_size=val_share, random_state=seed + 1, stratify=labels[rest])
     except ValueError as e:
-        counts = pd.Series(labels).value_counts()
         raise DataError(
-            f"cannot make a stratified {1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%} "
-            f"split: {e}. The rarest class '{counts.index[-1]}' has {counts.iloc[-1]} rows; every class needs "
-            "enough rows for each split (merge or drop rare classes)"
+            f"cannot make a stratified {shares} split of {len(labels)} labelled rows in {len(counts)} classes{where} "
+            f"(the rarest, '{counts.index[-1]}', has {counts.iloc[-1]} rows): every split needs at least one row of "
+            f"every class; add rows, merge rare classes, or change data.val_fraction / data.test_fraction "
+            f"[scikit-learn: {e}]"
         ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def _numeric(series: pd.Series, column: str, where: str) -> np.ndarray | None:
+def _numeric(series: pd.Series, column: str, table: Table) -> np.ndarray | None:
     """Float values of a column (NaN for empty cells), None when the column is text (treated as categorical)."""
     if pd.api.types.is_bool_dtype(series):
         series = series.astype("float64")
@@ -64,7 +73,8 @@ def _numeric(series: pd.Series, column: str, where: str) -> np.ndarray | None:
         if bad.any():
             pos = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"column '{column}'{where} is numeric but row {pos} holds the text {series.iloc[pos]!r} "
+                f"column '{column}'{table.where} is numeric but {table.row_name(pos)} holds the text "
+                f"{series.iloc[pos]!r} "
                 f"({int(bad.sum())} such cells); fix those cells, or list '{column}' under categorical"
             )
         values = parsed.to_numpy(dtype="float64", na_value=np.nan)
@@ -72,8 +82,8 @@ def _numeric(series: pd.Series, column: str, where: str) -> np.ndarray | None:
     if inf.any():
         pos = int(np.flatnonzero(inf)[0])
         raise DataError(
-            f"column '{column}'{where} holds an infinite value at row {pos} ({int(inf.sum())} in all); "
-            "replace infinities with a finite value or leave the cell empty"
+            f"column '{column}'{table.where} holds an infinite value at {table.row_name(pos)} "
+            f"({int(inf.sum())} in all); replace infinities with a finite value or leave the cell empty"
         )
     return values
 
@@ -107,7 +117,7 @@ class Preprocessor:
         if column in self.table.categorical:
             return None
         if column not in self.numeric:
-            values = _numeric(self.table.frame[column], column, self.table.where)
+            values = _numeric(self.table.frame[column], column, self.table)
             if values is None:
                 self.auto_categorical.append(column)
                 return None
@@ -119,6 +129,12 @@ class Preprocessor:
         frame = self.table.frame
         for m, (mod, columns) in enumerate(self.table.modalities.items()):
             fit_rows = rows[present_NM[rows, m]]
+            if fit_rows.size == 0:
+                raise DataError(
+                    f"modality '{mod}'{self.table.where} is never present in the training split (present in "
+                    f"{int(present_NM[:, m].sum())} of {len(present_NM)} rows in all): nothing to learn it from; "
+                    "drop the modality or give more rows observed values"
+                )
             coders, numeric_cols = [], []
             for c in columns:
                 values = self._column_values(c)
@@ -132,6 +148,7 @@ class Preprocessor:
             if numeric_cols:
                 fit_X = np.stack(numeric_cols, axis=1)
                 self.scalers[mod] = self._fit_scaler(fit_X)
+                self._check_scaled(mod, fit_X, fit_rows, [c.column for c in coders if c.kind == "numeric"])
         return self
 
     def _fit_scaler(self, X: np.ndarray):
@@ -145,7 +162,20 @@ class Preprocessor:
             )
         else:
             scaler = StandardScaler()
-        return scaler.fit(X)
+        with np.errstate(all="ignore"):  # overflowing statistics are reported by _check_scaled
+            return scaler.fit(X)
+
+    def _check_scaled(self, mod: str, X: np.ndarray, rows: np.ndarray, columns: list[str]) -> None:
+        """Values so large that their statistics overflow (e.g. 1e300) would reach the model as inf or NaN."""
+        with np.errstate(all="ignore"):
+            scaled = self.scalers[mod].transform(np.where(np.isnan(X), 0.0, X)).astype(np.float32)
+        bad = ~np.isfinite(scaled)
+        if bad.any():
+            r, j = (int(a[0]) for a in np.nonzero(bad))
+            raise DataError(
+                f"column '{columns[j]}'{self.table.where} holds values too large to scale (e.g. {X[r, j]:g} at "
+                f"{self.table.row_name(int(rows[r]))}); rescale the column (other units, a logarithm) or clip it"
+            )
 
     def transform(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Encoded values (0 in missing cells) and missing-cell masks of ``rows``, per modality."""
@@ -170,7 +200,16 @@ class Preprocessor:
                 masks.append(np.repeat(absent[:, None], onehot.shape[1], axis=1))
             if numeric_pos:
                 raw = np.concatenate([blocks[i] for i in numeric_pos], axis=1)
-                scaled = self.scalers[mod].transform(raw)
+                with np.errstate(all="ignore"):
+                    scaled = self.scalers[mod].transform(raw).astype(np.float32)
+                bad = ~np.isfinite(scaled) & ~np.isnan(raw)
+                if bad.any():
+                    r, j = (int(a[0]) for a in np.nonzero(bad))
+                    raise DataError(
+                        f"column '{coders[numeric_pos[j]].column}'{self.table.where}: the value {raw[r, j]:g} at "
+                        f"{self.table.row_name(int(rows[r]))} overflows float32 once scaled with the training "
+                        "statistics; fix the value or rescale the column"
+                    )
                 for j, i in enumerate(numeric_pos):
                     blocks[i] = scaled[:, j : j + 1]
             X = np.concatenate(blocks, axis=1)
@@ -181,6 +220,13 @@ class Preprocessor:
 
     def feature_names(self) -> dict[str, list[str]]:
         return {mod: [n for c in coders for n in c.names] for mod, coders in self.coders.items()}
+
+
+def _label_text(labels: pd.Series) -> np.ndarray:
+    """Class names; whole numbers read as floats (an integer column with empty cells) keep their integer names."""
+    if pd.api.types.is_float_dtype(labels) and np.isfinite(labels).all() and (labels == labels.round()).all():
+        labels = labels.astype("int64")
+    return labels.astype(str).to_numpy()
 
 
 def encode_labels(table: Table) -> tuple[np.ndarray, pd.Series, int]:
@@ -196,7 +242,7 @@ def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None =
     if dropped:
         table = Table(
             name=table.name,
-            frame=table.frame.loc[keep].reset_index(drop=True),
+            frame=table.frame.loc[keep],  # the original index names rows in messages
             label=table.label,
             modalities=table.modalities,
             categorical=table.categorical,
@@ -206,20 +252,22 @@ def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None =
         raw_labels = table.frame[table.label]
     if len(table.frame) == 0:
         raise DataError(f"no labelled rows{table.where}: every value of the label column '{table.label}' is empty")
-    label_text = raw_labels.astype(str).to_numpy()
+    label_text = _label_text(raw_labels)
 
     natural_NM = natural_presence(table)
     empty = np.flatnonzero(~natural_NM.any(axis=1))
     if empty.size:
         raise DataError(
-            f"row {int(empty[0])}{table.where} has no present modality: every column of every modality is empty "
+            f"{table.row_name(int(empty[0]))}{table.where} has no present modality: every column of every modality "
+            "is empty "
             f"({empty.size} such rows). Drop these rows or give them at least one observed value"
         )
 
-    rows = split_rows(label_text, seed, cfg.val_fraction, cfg.test_fraction)
+    where = f"{table.where} (label '{table.label}'{f'; {dropped} rows without a label dropped' if dropped else ''})"
+    rows = split_rows(label_text, seed, cfg.val_fraction, cfg.test_fraction, where)
     for name, r in rows.items():
         if r.size == 0:
-            raise DataError(f"the {name} split is empty ({len(label_text)} labelled rows{table.where}); add rows")
+            raise DataError(f"the {name} split is empty ({len(label_text)} labelled rows{where}); add rows")
     classes = sorted(np.unique(label_text[rows["train"]]).tolist(), key=_natural_key)
     if len(classes) < 2:
         raise DataError(
@@ -229,7 +277,10 @@ def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None =
     for name in ("val", "test"):
         unseen = sorted(set(label_text[rows[name]]) - set(classes))
         if unseen:
-            raise DataError(f"class {unseen[0]!r} appears in the {name} split but never in training; merge or drop it")
+            raise DataError(
+                f"class {unseen[0]!r} of the label '{table.label}'{table.where} appears in the {name} split but never "
+                "in training; merge it into another class or drop its rows"
+            )
     class_index = {c: i for i, c in enumerate(classes)}
     labels_N = np.array([class_index.get(t, -1) for t in label_text], dtype=np.int64)
 

@@ -43,8 +43,19 @@ class Table:
     def where(self) -> str:
         return f" in {self.source}" if self.source else ""
 
+    def row_name(self, pos: int) -> str:
+        """A row as the user finds it: its index label (for a file, rows count from 0 after the header)."""
+        return f"row {self.frame.index[pos]}"
+
     def validate(self) -> None:
         cols = set(map(str, self.frame.columns))
+        dup = pd.Index(map(str, self.frame.columns))
+        dup = dup[dup.duplicated()].unique().tolist()
+        if dup:
+            raise DataError(
+                f"column name '{dup[0]}' appears {int((self.frame.columns == dup[0]).sum())} times{self.where}; "
+                "give every column a unique name"
+            )
         if not self.modalities:
             raise DataError(f"no modalities given{self.where}: map at least one modality name to a list of columns")
         if self.label not in cols:
@@ -66,6 +77,8 @@ class Table:
                         f"the label column '{c}' is listed in modality '{mod}'{self.where}; "
                         "a label cannot also be a feature: remove it from the modality"
                     )
+                if owner.get(c) == mod:
+                    raise DataError(f"column '{c}' is listed twice in modality '{mod}'{self.where}; list it once")
                 if c in owner:
                     raise DataError(
                         f"column '{c}' is listed in two modalities, '{owner[c]}' and '{mod}'{self.where}; "
@@ -101,27 +114,48 @@ def _preview(frame: pd.DataFrame, n: int = 20) -> str:
 def read_frame(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet file with a clear error when it is absent or unreadable."""
     if not path.is_file():
-        raise DataError(f"table file {path} does not exist")
+        raise DataError(f"table file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise DataError(f"table file {path} is empty (0 bytes); expected a header line and data rows")
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".csv", ".txt", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            sep = "\t" if suffix == ".tsv" else ","
+            frame = pd.read_csv(path, sep=sep)
+            _check_unique_header(path, pd.read_csv(path, sep=sep, nrows=1, header=None, dtype=str).iloc[0])
         else:
             raise DataError(f"table file {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet")
     except DataError:
         raise
     except ImportError as e:
         raise DataError(f"cannot read {path}: {e}; install pyarrow for Parquet files (pip install pyarrow)") from None
-    except Exception as e:  # pandas raises many parser error types
-        raise DataError(f"cannot parse table file {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # pandas and pyarrow raise many parser error types
+        hint = "a Parquet file" if suffix in (".parquet", ".pq") else "UTF-8 text, one header line, comma-separated"
+        reason = " ".join(str(e).split())
+        raise DataError(
+            f"cannot parse table file {path}: {type(e).__name__}: {reason} (expected {hint}"
+            f"{'; .tsv for tab-separated' if suffix == '.csv' else ''})"
+        ) from None
     if frame.shape[0] == 0:
-        raise DataError(f"table file {path} has no rows")
+        raise DataError(f"table file {path} has a header but no data rows")
     frame.columns = [str(c) for c in frame.columns]
     return frame
 
 
+def _check_unique_header(path: Path, header: pd.Series) -> None:
+    """pandas renames a repeated CSV column name ('a', 'a.1') silently; a repeated name is almost always a mistake."""
+    names = header.dropna().astype(str)
+    dup = names[names.duplicated()]
+    if len(dup):
+        raise DataError(
+            f"table file {path}: column name '{dup.iloc[0]}' appears {int((names == dup.iloc[0]).sum())} times in the "
+            "header; give every column a unique name"
+        )
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 SPEC_KEYS = ("path", "label", "modalities", "categorical", "name")
 
 
@@ -129,11 +163,16 @@ def load_spec(spec_path: str | Path) -> Table:
     """A table described by a YAML spec file (keys: path, label, modalities, optional categorical and name)."""
     spec_path = Path(spec_path)
     if not spec_path.is_file():
-        raise DataError(f"table spec {spec_path} does not exist")
+        raise DataError(f"table spec {spec_path} does not exist" + (" (it is a folder)" if spec_path.is_dir() else ""))
+    if spec_path.suffix.lower() in TABLE_SUFFIXES:
+        raise DataError(
+            f"data.spec={spec_path} is a table file; data.spec takes a YAML spec naming it, e.g. "
+            f"path: {spec_path.name}, label: <column>, modalities: {{name: [columns]}}"
+        )
     try:
         spec = yaml.safe_load(spec_path.read_text())
     except yaml.YAMLError as e:
-        raise DataError(f"table spec {spec_path} is not valid YAML: {e}") from None
+        raise DataError(f"table spec {spec_path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(spec, dict):
         raise DataError(f"table spec {spec_path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
     unknown = sorted(set(spec) - set(SPEC_KEYS))
