@@ -23,18 +23,13 @@ import pandas as pd
 from multimoe.batch import combination_name, combinations
 
 FILLS = ("trained", "init", "update")  # the bank as trained, at initialisation, and their difference
+MAX_BOOTSTRAP_CELLS = 4_000_000  # resamples x pairs; fewer resamples (at least 100) beyond it
 
 
-def _unit_rows(bank_CMPD: np.ndarray) -> np.ndarray:
-    x_CMF = bank_CMPD.reshape(bank_CMPD.shape[0], bank_CMPD.shape[1], -1).astype(np.float64)
-    norm = np.linalg.norm(x_CMF, axis=2, keepdims=True)
-    return np.divide(x_CMF, norm, out=np.zeros_like(x_CMF), where=norm > 0)
-
-
-def cosine_matrices(bank_CMPD: np.ndarray) -> np.ndarray:
-    """M x C x C: cosine similarity between the fills of every two combinations, per modality."""
-    u_CMF = _unit_rows(bank_CMPD)
-    return np.einsum("cmf,dmf->mcd", u_CMF, u_CMF)
+def _unit(x_NF: np.ndarray) -> np.ndarray:
+    x_NF = x_NF.astype(np.float64)
+    norm = np.linalg.norm(x_NF, axis=1, keepdims=True)
+    return np.divide(x_NF, norm, out=np.zeros_like(x_NF), where=norm > 0)
 
 
 def bank_pairs(
@@ -49,30 +44,28 @@ def bank_pairs(
     modalities = list(modalities)
     M = len(modalities)
     combos = combinations(M)
-    mats = {"trained": cosine_matrices(bank_CMPD)}
+    present_CM = np.zeros((len(combos), M), dtype=bool)
+    for c, combo in enumerate(combos):
+        present_CM[c, list(combo)] = True
+    banks = {"trained": bank_CMPD}
     if init_CMPD is not None:
-        mats["init"] = cosine_matrices(init_CMPD)
-        mats["update"] = cosine_matrices(bank_CMPD - init_CMPD)
-    masks = [sum(1 << i for i in c) for c in combos]
-    rows = []
+        banks |= {"init": init_CMPD, "update": bank_CMPD - init_CMPD}
+    parts = []
     for m in range(M):
-        lacking = [c for c in range(len(combos)) if m not in combos[c] and train_count_C[c] > 0]
-        for i, a in enumerate(lacking):
-            for b in lacking[i + 1 :]:
-                rows.append((m, a, b, bin(masks[a] & masks[b]).count("1")))
-    arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
-    frame = pd.DataFrame(
-        {
-            "modality": [modalities[m] for m in arr[:, 0]],
-            "combination_a": [combination_name(int(c), modalities) for c in arr[:, 1]],
-            "combination_b": [combination_name(int(c), modalities) for c in arr[:, 2]],
-            "index_a": arr[:, 1],
-            "index_b": arr[:, 2],
-            "shared": arr[:, 3],
-        }
-    )
-    for name, mat in mats.items():
-        frame[f"cosine_{name}"] = mat[arr[:, 0], arr[:, 1], arr[:, 2]]
+        lacking_L = np.flatnonzero(~present_CM[:, m] & (np.asarray(train_count_C) > 0))
+        a_N, b_N = (lacking_L[i] for i in np.triu_indices(len(lacking_L), 1))
+        part = {"modality": np.full(len(a_N), m), "index_a": a_N, "index_b": b_N}
+        part["shared"] = (present_CM[a_N] & present_CM[b_N]).sum(axis=1)
+        iu = np.triu_indices(len(lacking_L), 1)
+        for name, bank in banks.items():
+            u_LF = _unit(bank[lacking_L, m].reshape(len(lacking_L), -1 if len(lacking_L) else 0))
+            part[f"cosine_{name}"] = (u_LF @ u_LF.T)[iu]
+        parts.append(pd.DataFrame(part))
+    frame = pd.concat(parts, ignore_index=True)
+    names = {int(c): combination_name(int(c), modalities) for c in np.flatnonzero(np.asarray(train_count_C) > 0)}
+    frame.insert(1, "combination_a", frame["index_a"].map(names))
+    frame.insert(2, "combination_b", frame["index_b"].map(names))
+    frame["modality"] = [modalities[m] for m in frame["modality"]]
     return frame
 
 
@@ -93,11 +86,13 @@ def correlation_ci(
     shared_N: np.ndarray, cosine_N: np.ndarray, resamples: int = 1000, seed: int = 0
 ) -> dict[str, float | int | None]:
     """Spearman and Pearson correlation of cosine with shared count, with percentile bootstrap 95 % intervals over
-    resampled pairs. None where undefined (fewer than 3 pairs, or no spread in either variable)."""
+    resampled pairs (``resamples``, fewer for very many pairs). None where undefined (fewer than 3 pairs, or no
+    spread in either variable)."""
     shared_N = np.asarray(shared_N, dtype=float)
     cosine_N = np.asarray(cosine_N, dtype=float)
     n = len(shared_N)
-    out: dict[str, float | int | None] = {"pairs": n}
+    resamples = min(resamples, max(100, MAX_BOOTSTRAP_CELLS // max(n, 1)))  # bounded time and memory for many pairs
+    out: dict[str, float | int | None] = {"pairs": n, "resamples": resamples}
     keys = ("spearman", "spearman_lo", "spearman_hi", "pearson", "pearson_lo", "pearson_hi")
     if n < 3 or np.ptp(shared_N) == 0 or np.ptp(cosine_N) == 0:
         return {**out, **dict.fromkeys(keys)}
@@ -135,7 +130,17 @@ def claim_frames(pairs: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> d
                 {"fill": fill, "shared": g.mean().index, "pairs": g.size().values, "mean": g.mean().values}
             ).assign(std=g.std(ddof=0).values)
         )
-    claim_cols = ["fill", "pairs", "spearman", "spearman_lo", "spearman_hi", "pearson", "pearson_lo", "pearson_hi"]
+    claim_cols = [
+        "fill",
+        "pairs",
+        "resamples",
+        "spearman",
+        "spearman_lo",
+        "spearman_hi",
+        "pearson",
+        "pearson_lo",
+        "pearson_hi",
+    ]
     return {
         "bank_claim": pd.DataFrame(claim, columns=claim_cols),
         "bank_by_shared": (

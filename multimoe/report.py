@@ -26,7 +26,7 @@ from multimoe import __version__
 from multimoe import report_figures as figs
 from multimoe.bank_similarity import bank_pairs, bank_rows, claim_frames, never_read_unchanged
 from multimoe.batch import combination_name
-from multimoe.checkpoint import atomic_write
+from multimoe.checkpoint import atomic_write, read_meta
 from multimoe.evaluate import metrics_from_predictions, predict
 from multimoe.missing import BankFill
 from multimoe.model import build_model
@@ -115,8 +115,7 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
     if frames["drift"].empty:
         notes.append("the run logged no per-epoch routing (routing.jsonl): no routing drift")
 
-    summary_path = run.run_dir / "summary.json"
-    best_epoch = json.loads(summary_path.read_text()).get("best_epoch") if summary_path.is_file() else None
+    best_epoch = read_meta(run.run_dir / "best.safetensors").get("epoch")  # the epoch of the evaluated weights
     o = result["overall"]
     r = run.cfg.model.moe.router
     seen = [combination_name(int(c), list(schema.modalities)) for c in np.flatnonzero(train_count_C)]
@@ -128,6 +127,7 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
         "trained under": run.cfg.data.missing,
         "evaluated under": run.missing,
         "best epoch": None if best_epoch is None else int(best_epoch) + 1,
+        "selected on": f"validation {run.cfg.train.select}",
         "modalities": ", ".join(schema.modalities),
         "test samples": o["n"],
         "test accuracy": o["accuracy"],
@@ -151,6 +151,7 @@ def routing_report_frames(run_dir: str | Path, overrides: list[str] | None = Non
     """The routing report's statistics of a run's best model on its test split, as data frames:
 
     ``summary`` (item, value), ``metrics`` (accuracy, F1, AUC and sample counts per combination),
+    ``metrics_by_size`` (the same pooled by the number of observed modalities),
     ``activation_combination`` / ``activation_modality`` (share of each group's routing per expert; rows sum to 1),
     ``routing_combination`` / ``routing_modality`` (own-expert shares, router and usage entropy), ``load`` and
     ``load_balance`` (per expert; CV), ``bank_pairs`` / ``bank_claim`` / ``bank_by_shared`` / ``bank_rows``
@@ -354,7 +355,8 @@ def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list
         "Flex-MoE's claim: bank entries of combinations that share more modalities are more similar. For each "
         "modality m and two trained combinations that both lack m: cosine similarity of their fills bank[c, m] "
         "(flattened P x D) against the number of modalities both observe. Spearman and Pearson correlations with "
-        f"percentile bootstrap 95 % intervals ({BOOTSTRAP_RESAMPLES} resamples of pairs; pairs share bank rows, so the "
+        f"percentile bootstrap 95 % intervals ({int(claim['resamples'].iloc[0])} resamples of pairs; pairs share bank "
+        "rows, so the "
         "intervals are optimistic). <b>init</b>: the same bank at initialisation (rebuilt from the seed), the "
         "baseline; <b>update</b>: trained minus initial, what training wrote into the bank."
     )
@@ -465,7 +467,7 @@ def render_html(frames: dict[str, pd.DataFrame]) -> tuple[str, dict[str, bytes]]
         page.p("The run logged no per-epoch routing (routing.jsonl).")
     else:
         best = summary.get("best epoch")
-        select = "accuracy"
+        select = str(summary.get("selected on", "validation accuracy")).removeprefix("validation ")
         page.p(
             "Validation routing of every epoch, from the run's routing log (gate weights): load CV, the gate-weight "
             "share partial combinations give their own expert, and usage entropy per modality (observed and filled "
@@ -485,15 +487,9 @@ def render_html(frames: dict[str, pd.DataFrame]) -> tuple[str, dict[str, bytes]]
     return doc, page.figures
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, overrides: list[str] | None = None) -> Path:
-    """Write ``report.html`` (self-contained), its figures as PNG files and its frames as CSV files (``data/``) to
-    ``out_dir`` (default: ``RUN_DIR/report``, or ``RUN_DIR/report-<protocol>`` under another protocol); returns
-    the page's path."""
-    run = open_run(run_dir, overrides)
-    frames = report_frames(run)
-    if out_dir is None:
-        same = run.missing == run.cfg.data.missing
-        out_dir = run.run_dir / ("report" if same else f"report-{run.missing.replace(':', '')}")
+def save_report(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> Path:
+    """Write ``report.html`` (self-contained), its figures as PNG files and ``frames`` as CSV files (``data/``) to
+    ``out_dir``; returns the page's path."""
     out_dir = Path(out_dir)
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     doc, pngs = render_html(frames)
@@ -504,3 +500,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, overrid
     page = out_dir / "report.html"
     atomic_write(page, lambda p: Path(p).write_text(doc, encoding="utf-8"))
     return page
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, overrides: list[str] | None = None) -> Path:
+    """The routing report of a run (see ``save_report``), in ``out_dir`` (default: ``RUN_DIR/report``, or
+    ``RUN_DIR/report-<protocol>`` under another protocol); ``overrides`` as ``multimoe eval``. Returns the page."""
+    run = open_run(run_dir, overrides)
+    if out_dir is None:
+        same = run.missing == run.cfg.data.missing
+        out_dir = run.run_dir / ("report" if same else f"report-{run.missing.replace(':', '')}")
+    return save_report(report_frames(run), out_dir)

@@ -26,8 +26,24 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+MAX_LABELS = 80  # beyond this many categories on an axis, label every n-th
+MATRIX_LABELS = 40  # bank matrices with more combinations per panel go without names
+
+
 def _tick_size(n: int) -> float:
     return 8 if n <= 16 else (TICK if n <= 40 else 5)
+
+
+def _label_axis(ax, axis: str, labels: list[str], rotation: float = 0) -> None:
+    """Category labels on ``axis`` ("x" or "y"), thinned to at most ``MAX_LABELS``."""
+    n = len(labels)
+    step = -(-n // MAX_LABELS)
+    pos = list(range(0, n, step))
+    shown = [labels[i] for i in pos]
+    if axis == "x":
+        ax.set_xticks(pos, shown, rotation=rotation, fontsize=_tick_size(n))
+    else:
+        ax.set_yticks(pos, shown, fontsize=_tick_size(n))
 
 
 def activation_heatmap(
@@ -48,8 +64,8 @@ def activation_heatmap(
     ax = fig.add_subplot()
     vmax = float(np.nanmax(grid.to_numpy())) if np.isfinite(grid.to_numpy()).any() else 1.0
     im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=max(vmax, 1e-9)))
-    ax.set_yticks(range(R), rows, fontsize=_tick_size(R))
-    step = 1 if E <= 32 else 2
+    _label_axis(ax, "y", rows)
+    step = -(-E // 32)  # at most ~32 expert labels
     ax.set_xticks(range(0, E, step), [str(e) for e in range(0, E, step)], fontsize=_tick_size(E))
     ax.set_xlabel("expert")
     ax.set_ylabel(row_col)
@@ -74,7 +90,7 @@ def own_expert_bars(rc: pd.DataFrame, title: str) -> bytes:
     ax.bar(x - 0.2, rc["own_topk"], 0.4, label="own expert in top-k", color="tab:green")
     ax.bar(x + 0.2, rc["own_top1"], 0.4, label="own expert is top-1", color="tab:purple")
     ax.axhline(1.0, color="gray", lw=0.5)
-    ax.set_xticks(x, names, rotation=90, fontsize=_tick_size(n))
+    _label_axis(ax, "x", names, rotation=90)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_xlabel("modality combination (test tokens)")
     ax.set_ylabel("share of the combination's tokens")
@@ -98,7 +114,7 @@ def entropy_bars(rc: pd.DataFrame, rm: pd.DataFrame, num_experts: int, title: st
         ax.bar(x - 0.2, frame["router_entropy"], 0.4, label="router entropy (per token)", color="tab:blue")
         ax.bar(x + 0.2, frame["usage_entropy"], 0.4, label="usage entropy (of the group)", color="tab:orange")
         ax.axhline(ceiling, color="gray", ls="--", lw=0.8, label=f"log E = {ceiling:.2f}")
-        ax.set_xticks(x, labels, rotation=90, fontsize=_tick_size(len(frame)))
+        _label_axis(ax, "x", labels, rotation=90)
         ax.set_xlim(-0.6, len(frame) - 0.4)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("entropy (nats)")
@@ -117,7 +133,7 @@ def load_bars(load: pd.DataFrame, balance: pd.Series, title: str) -> bytes:
     ax.axhline(1 / E, color="red", ls="--", lw=0.8, label=f"uniform (1/{E})")
     ax.set_xlabel("expert")
     ax.set_ylabel("share of top-k slots (test tokens)")
-    step = 1 if E <= 32 else 2
+    step = -(-E // 32)  # at most ~32 expert labels
     ax.set_xticks(range(0, E, step), [str(e) for e in range(0, E, step)], fontsize=_tick_size(E))
     ax.set_xlim(-0.6, E - 0.4)
     ax.set_title(
@@ -180,8 +196,13 @@ def bank_matrices(pairs: pd.DataFrame, modalities: list[str], fill: str = "train
         mat[[pos[b] for b in sub["index_b"]], [pos[a] for a in sub["index_a"]]] = sub[col]
         im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim)
         labels = [names[c] for c in idx]
-        ax.set_xticks(range(len(idx)), labels, rotation=90, fontsize=_tick_size(len(idx)))
-        ax.set_yticks(range(len(idx)), labels, fontsize=_tick_size(len(idx)))
+        if len(idx) <= MATRIX_LABELS:
+            _label_axis(ax, "x", labels, rotation=90)
+            _label_axis(ax, "y", labels)
+        else:  # names would be unreadable: the pairs are in the frame bank_pairs
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"{len(idx)} trained combinations lacking it (published order)", fontsize=8)
         ax.set_title(f"fills of missing '{m}'", fontsize=9)
     for ax in axes[len(mods) :]:
         ax.set_axis_off()
@@ -208,7 +229,7 @@ def metrics_bars(metrics: pd.DataFrame, by_size: pd.DataFrame, title: str) -> by
         for off, key, color in ((-0.27, "accuracy", "tab:blue"), (0, "f1", "tab:orange"), (0.27, "auc", "tab:green")):
             values = pd.to_numeric(frame[key], errors="coerce")
             ax.bar(x + off, values, 0.27, label={"f1": "macro F1", "auc": "AUC"}.get(key, key), color=color)
-        ax.set_xticks(x, labels, rotation=90, fontsize=_tick_size(len(frame)))
+        _label_axis(ax, "x", labels, rotation=90)
         ax.set_xlim(-0.6, len(frame) - 0.4)
         ax.set_xlabel(f"{xlabel} (test samples)")
     ax_s.set_ylabel("score")

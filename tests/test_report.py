@@ -16,7 +16,7 @@ from multimoe.bank_similarity import bank_pairs, claim_frames, correlation_ci
 from multimoe.batch import combinations
 from multimoe.cli import main
 from multimoe.evaluate import predict
-from multimoe.report import report_frames, routing_report_frames, write_report
+from multimoe.report import render_html, report_frames, routing_report_frames, save_report
 from multimoe.runs import open_run
 from multimoe.train import train
 
@@ -31,8 +31,9 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(run_dir):
-    page = write_report(run_dir)
-    return page, page.read_text(), routing_report_frames(run_dir)
+    frames = report_frames(open_run(run_dir))
+    page = save_report(frames, run_dir / "report")
+    return page, page.read_text(), frames
 
 
 class _Tables(HTMLParser):
@@ -181,26 +182,36 @@ def test_bank_claim_detects_similarity_that_grows_with_shared_modalities():
     assert correlation_ci([1, 1, 1], [0.1, 0.2, 0.3])["spearman"] is None  # no spread: undefined, no crash
 
 
-@pytest.mark.parametrize(
-    "overrides", [("model.fill=zero",), ("model.ffn=dense", "model.fill=token")], ids=["no-bank", "dense"]
-)
-def test_models_without_bank_or_moe_still_report(tmp_path, overrides):
-    run_dir = train(tiny_config(tmp_path, "train.epochs=1", *overrides)).run_dir
-    frames = report_frames(open_run(run_dir))
-    notes = " ".join(str(v) for v in frames["summary"]["value"])
-    assert frames["bank_pairs"].empty and "no missing-modality bank" in notes
-    if "dense" in overrides[0]:
-        assert frames["activation_combination"].empty and "no MoE layer" in notes
-    page = write_report(run_dir)
-    assert "no missing-modality bank" in page.read_text()
+def test_bank_claim_without_pairs_is_undefined_not_an_error():
+    """support2 under `natural`: only the full set and one partial combination occur, so no two trained
+    combinations lack the same modality."""
+    bank = np.random.default_rng(0).normal(size=(31, 5, 2, 4))
+    seen = np.zeros(31, dtype=int)
+    seen[[0, 1]] = 1
+    pairs = bank_pairs(bank, ["a", "b", "c", "d", "e"], seen, init_CMPD=bank * 0.5)
+    assert pairs.empty and "cosine_update" in pairs
+    claim = claim_frames(pairs)["bank_claim"]
+    assert list(claim["pairs"]) == [0, 0, 0] and claim["spearman"].isna().all()
 
 
-def test_cli_report_under_another_protocol(run_dir, capsys):
+def test_model_without_bank_reports_through_the_cli_under_another_protocol(tmp_path, capsys):
+    run_dir = train(tiny_config(tmp_path, "train.epochs=1", "model.fill=zero")).run_dir
     assert main(["report", str(run_dir), "data.missing=mcar:0.6"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     page = run_dir / "report-mcar0.6" / "report.html"
-    assert out["report"] == str(page) and page.is_file()
+    assert out["report"] == str(page) and "no missing-modality bank" in page.read_text()
     summary = pd.read_csv(page.parent / "data" / "summary.csv").set_index("item")["value"]
     assert summary["evaluated under"] == "mcar:0.6" and summary["trained under"] == "mcar:0.3"
+    assert pd.read_csv(page.parent / "data" / "activation_combination.csv")["slot_share"].notna().all()
     assert main(["report", str(run_dir), "model.dim=4"]) == 2
     assert "valid overrides" in capsys.readouterr().err
+
+
+def test_dense_model_without_bank_still_reports(tmp_path):
+    run_dir = train(tiny_config(tmp_path, "train.epochs=1", "model.ffn=dense", "model.fill=token")).run_dir
+    frames = routing_report_frames(run_dir)
+    notes = " ".join(str(v) for v in frames["summary"]["value"])
+    assert frames["activation_combination"].empty and frames["bank_pairs"].empty
+    assert "no MoE layer" in notes and "no missing-modality bank" in notes
+    doc, pngs = render_html(frames)
+    assert "metrics_by_combination.png" in pngs and "no missing-modality bank" in doc
