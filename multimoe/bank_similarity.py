@@ -115,15 +115,49 @@ def correlation_ci(
     return {**out, **{k: (None if v is None else float(v)) for k, v in zip(keys, values)}}
 
 
+def mantel_test(pairs: pd.DataFrame, column: str, permutations: int = 1000, seed: int = 0) -> dict[str, float | None]:
+    """Two-sided permutation p-value of the Spearman correlation between ``column`` and ``shared`` (a Mantel test):
+    per modality, the fills are permuted among the combinations that lack it, so every permutation keeps the
+    dependence between pairs that share a combination; the pair bootstrap ignores it and is optimistic."""
+    if len(pairs) < 3 or pairs["shared"].nunique() < 2 or pairs[column].nunique() < 2:
+        return {"mantel_p": None, "permutations": 0}
+    rng = np.random.default_rng(seed)
+    permutations = min(permutations, max(100, MAX_BOOTSTRAP_CELLS // len(pairs)))
+    shared, observed, null = [], [], []
+    for _, sub in pairs.groupby("modality", sort=False):
+        idx = np.union1d(sub["index_a"], sub["index_b"])
+        a, b = np.searchsorted(idx, sub["index_a"]), np.searchsorted(idx, sub["index_b"])
+        S_LL = np.zeros((len(idx), len(idx)))
+        S_LL[a, b] = S_LL[b, a] = sub[column].to_numpy()
+        perm_RL = rng.permuted(np.tile(np.arange(len(idx)), (permutations, 1)), axis=1)
+        shared.append(sub["shared"].to_numpy())
+        observed.append(S_LL[a, b])
+        null.append(S_LL[perm_RL[:, a], perm_RL[:, b]])  # pair (a, b) gets the fills of (perm[a], perm[b])
+    ranks_N = _rank_rows(np.concatenate(shared)[None].astype(float))
+    rho_R = _pearson_rows(
+        np.broadcast_to(ranks_N, (permutations + 1, ranks_N.shape[1])),
+        _rank_rows(np.concatenate([np.concatenate(observed)[None], np.concatenate(null, axis=1)])),
+    )
+    p = (1 + np.sum(np.abs(rho_R[1:]) >= abs(rho_R[0]) - 1e-12)) / (permutations + 1)
+    return {"mantel_p": float(p), "permutations": permutations}
+
+
 def claim_frames(pairs: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """``bank_claim``: per fill (trained, init, update) the correlations with their intervals; ``bank_by_shared``:
-    per fill and shared count, the number of pairs and the mean and std of the cosine."""
+    """``bank_claim``: per fill (trained, init, update) the correlations with their bootstrap intervals and the
+    Mantel permutation p-value of the Spearman correlation; ``bank_by_shared``: per fill and shared count, the number
+    of pairs and the mean and std of the cosine."""
     claim, by_shared = [], []
     for fill in FILLS:
         col = f"cosine_{fill}"
         if col not in pairs:
             continue
-        claim.append({"fill": fill, **correlation_ci(pairs["shared"], pairs[col], resamples, seed)})
+        claim.append(
+            {
+                "fill": fill,
+                **correlation_ci(pairs["shared"], pairs[col], resamples, seed),
+                **mantel_test(pairs, col, resamples, seed),
+            }
+        )
         g = pairs.groupby("shared")[col]
         by_shared.append(
             pd.DataFrame(
@@ -140,6 +174,8 @@ def claim_frames(pairs: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> d
         "pearson",
         "pearson_lo",
         "pearson_hi",
+        "mantel_p",
+        "permutations",
     ]
     return {
         "bank_claim": pd.DataFrame(claim, columns=claim_cols),

@@ -157,7 +157,11 @@ def bank_similarity_plot(pairs: pd.DataFrame, claim: pd.DataFrame, by_shared: pd
         size, alpha = (4, 0.35) if len(pairs) > 200 else (14, 0.7)
         ax.scatter(pairs["shared"] + jitter, pairs[col], s=size, alpha=alpha, color=FILL_COLORS[fill], lw=0)
         means = by_shared[by_shared["fill"] == fill]
-        ax.errorbar(means["shared"], means["mean"], yerr=means["std"], color="black", marker="o", ms=4, capsize=3)
+        ax.errorbar(
+            means["shared"], means["mean"], yerr=means["std"], color="black", marker="o", ms=4, capsize=3,
+            label="mean ± std",
+        )  # fmt: skip
+        ax.legend(fontsize=7, loc="lower left")
         c = claim[claim["fill"] == fill].iloc[0]
         if c["spearman"] is None or pd.isna(c["spearman"]):
             stat = "correlation undefined"

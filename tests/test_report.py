@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from multimoe.bank_similarity import bank_pairs, claim_frames, correlation_ci
+from multimoe.bank_similarity import bank_pairs, claim_frames, correlation_ci, mantel_test
 from multimoe.batch import combinations
 from multimoe.cli import main
 from multimoe.evaluate import predict
@@ -177,8 +177,11 @@ def test_bank_claim_detects_similarity_that_grows_with_shared_modalities():
     assert not (pairs["combination_a"].eq("a+b") | pairs["combination_b"].eq("a+b")).any()
     claim = claim_frames(pairs, resamples=200, seed=0)["bank_claim"].iloc[0]
     assert claim["spearman"] > 0.5 and claim["spearman_lo"] > 0.3 and claim["pearson"] > 0.5
+    assert claim["mantel_p"] < 0.02
     noise = correlation_ci(pairs["shared"], np.random.default_rng(0).normal(size=len(pairs)), 200, 0)
     assert noise["spearman_lo"] < 0 < noise["spearman_hi"]
+    random_bank = np.random.default_rng(1).normal(size=bank.shape)
+    assert mantel_test(bank_pairs(random_bank, ["a", "b", "c", "d"], seen), "cosine_trained", 200)["mantel_p"] > 0.05
     assert correlation_ci([1, 1, 1], [0.1, 0.2, 0.3])["spearman"] is None  # no spread: undefined, no crash
 
 
