@@ -252,7 +252,7 @@ def routing_drift(
     """Per-epoch statistics from a run's ``routing.jsonl`` (validation routing of every epoch), long format:
     epoch, layer, stat, group, value. Stats: ``load_cv`` (slot counts over experts), ``own_weight`` (gate-weight
     share of partial combinations' tokens at their own expert, token-weighted), ``usage_entropy`` per modality and
-    the token-weighted mean over combinations (``all combinations``)."""
+    the token-weighted mean over combinations (``combinations (mean)``)."""
     modalities = list(modalities)
     rows = []
     for rec in records:
@@ -274,7 +274,7 @@ def routing_drift(
                         epoch,
                         layer,
                         "usage_entropy",
-                        "all combinations",
+                        "combinations (mean)",
                         float((h_C * tokens_C[seen]).sum() / tokens_C[seen].sum()),
                     )
                 )
