@@ -34,6 +34,12 @@ def _tick_size(n: int) -> float:
     return 8 if n <= 16 else (TICK if n <= 40 else 5)
 
 
+def _height(labels: list[str], base: float = 3.2) -> float:
+    """Figure height that leaves room for rotated category labels below the plot."""
+    longest = max((len(x) for x in labels), default=0)
+    return min(base + 0.065 * longest, 9.0)
+
+
 def _label_axis(ax, axis: str, labels: list[str], rotation: float = 0) -> None:
     """Category labels on ``axis`` ("x" or "y"), thinned to at most ``MAX_LABELS``."""
     n = len(labels)
@@ -84,7 +90,7 @@ def own_expert_bars(rc: pd.DataFrame, title: str) -> bytes:
     """Per combination: share of its tokens whose top-1 is / top-k includes its own (target) expert."""
     names = rc["combination"].tolist()
     n = len(names)
-    fig = Figure(figsize=(min(max(6, 0.2 * n + 2), 16), 4.2), layout="constrained")
+    fig = Figure(figsize=(min(max(6, 0.2 * n + 2), 16), _height(names)), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(n)
     ax.bar(x - 0.2, rc["own_topk"], 0.4, label="own expert in top-k", color="tab:green")
@@ -103,7 +109,7 @@ def own_expert_bars(rc: pd.DataFrame, title: str) -> bytes:
 def entropy_bars(rc: pd.DataFrame, rm: pd.DataFrame, num_experts: int, title: str) -> bytes:
     """Router entropy and usage entropy per modality (observed / filled) and per combination."""
     n = len(rc)
-    fig = Figure(figsize=(min(max(8, 0.2 * n + 4), 18), 4.6), layout="constrained")
+    fig = Figure(figsize=(min(max(8, 0.2 * n + 4), 18), _height(rc["combination"].tolist())), layout="constrained")
     ax_m, ax_c = fig.subplots(1, 2, width_ratios=[max(len(rm), 4), max(n, 4)])
     ceiling = np.log(num_experts)
     for ax, frame, labels, xlabel in (
@@ -119,7 +125,8 @@ def entropy_bars(rc: pd.DataFrame, rm: pd.DataFrame, num_experts: int, title: st
         ax.set_xlabel(xlabel)
         ax.set_ylabel("entropy (nats)")
         ax.set_ylim(0, ceiling * 1.08)
-    ax_m.legend(fontsize=7, loc="lower left")
+    handles, names = ax_m.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=3, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return to_png(fig)
 
@@ -223,11 +230,12 @@ def metrics_bars(metrics: pd.DataFrame, by_size: pd.DataFrame, title: str) -> by
     """Accuracy, macro F1 and AUC per number of observed modalities (pooled) and per combination, with the number
     of test samples in each label; undefined scores (e.g. AUC of a single sample) have no bar."""
     n = len(metrics)
-    fig = Figure(figsize=(min(max(7, 0.3 * n + 3.5), 18), 4.6), layout="constrained")
+    combo_labels = [f"{c} (n={k})" for c, k in zip(metrics["combination"], metrics["n"])]
+    fig = Figure(figsize=(min(max(7, 0.3 * n + 3.5), 18), _height(combo_labels)), layout="constrained")
     ax_s, ax_c = fig.subplots(1, 2, width_ratios=[max(len(by_size), 2) + 1, max(n, 4)], sharey=True)
     for ax, frame, labels, xlabel in (
         (ax_s, by_size, [f"{k} (n={m})" for k, m in zip(by_size["size"], by_size["n"])], "observed modalities"),
-        (ax_c, metrics, [f"{c} (n={k})" for c, k in zip(metrics["combination"], metrics["n"])], "modality combination"),
+        (ax_c, metrics, combo_labels, "modality combination"),
     ):
         x = np.arange(len(frame))
         for off, key, color in ((-0.27, "accuracy", "tab:blue"), (0, "f1", "tab:orange"), (0.27, "auc", "tab:green")):
