@@ -1,6 +1,7 @@
-"""Command line: ``multimoe train | eval | datasets``. Subcommands compose library functions and hold no logic.
+"""Command line: ``multimoe train | eval | report | datasets``. Subcommands compose library functions and hold no logic.
 
-The last line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics.
+The last line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics;
+``report`` prints one with ``run_dir`` and ``report`` (the HTML page).
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = evaluate_run(args.run_dir, args.overrides)
     print(format_results(result["test"], f"test ({result['missing']}; trained under {result['train_missing']})"))
     print(_final_line(result["run_dir"], result["test"], missing=result["missing"]))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from multimoe.report import write_report
+
+    page = write_report(args.run_dir, args.out, args.overrides)
+    print(f"routing report written to {page} (figures and data/ next to it)")
+    print(json.dumps({"run_dir": args.run_dir, "report": str(page)}))
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
@@ -112,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--render-only", action="store_true", help="only re-render tables and plots from cells.jsonl")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("report", help="write a run's routing report (HTML + PNG figures) from its test split")
+    p.add_argument("run_dir", help="a folder written by `multimoe train`")
+    p.add_argument("overrides", nargs="*", help="e.g. data.missing=mcar:0.5 (as eval)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("datasets", help="list the built-in datasets and whether their packages are installed")
     p.set_defaults(func=cmd_datasets)
     return parser

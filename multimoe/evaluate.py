@@ -6,6 +6,7 @@ occur in the evaluated labels (undefined -> None, e.g. a subset with one class).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,15 @@ def routing_stats(moe_out, info, num_combinations: int) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> Predictions:
+def predict(
+    model: torch.nn.Module,
+    data: MultimodalData,
+    batch_size: int = 512,
+    device: str = "cpu",
+    on_output: Callable | None = None,
+) -> Predictions:
+    """Class probabilities, loss and routing totals of ``model`` on ``data`` (eval mode, in data order).
+    ``on_output(out, batch)`` sees every batch's ``ModelOutput``, e.g. to tally finer routing statistics."""
     if not isinstance(model, torch.nn.Module):  # a fitted scikit-learn baseline (multimoe.baselines)
         return model.predict(data)
     was_training = model.training
@@ -48,6 +57,8 @@ def predict(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512,
     for batch in data.batches(batch_size):
         batch = batch.to(device)
         out = model(batch)
+        if on_output is not None:
+            on_output(out, batch)
         loss_sum += float(F.cross_entropy(out.logits_BC.float(), batch.labels_B, reduction="sum"))
         probs.append(out.logits_BC.float().softmax(dim=1).cpu())
         stats = [routing_stats(m, out.info, C) for m in out.moe]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from multimoe.checkpoint import CheckpointError, atomic_write, load_checkpoint, read_meta
 from multimoe.config import Config, ConfigError, check_device, load_config, parse_overrides, to_dict
-from multimoe.data import DataSchema, build_table, parse_protocol, prepare
+from multimoe.data import DataSchema, Splits, build_table, parse_protocol, prepare
 from multimoe.evaluate import evaluate
-from multimoe.model import MultimodalMoE, build_model
+from multimoe.model import SKLEARN_ARCHS, MultimodalMoE, build_model
 
 EVAL_KEYS = {"data": {"missing"}, "train": {"eval_batch_size", "device", "threads"}}
 
@@ -22,6 +23,11 @@ def load_run(run_dir: str | Path) -> tuple[Config, MultimodalMoE]:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); pass a folder written by `multimoe train`")
     cfg = load_config(run_dir / "config.yaml")
+    if cfg.model.arch in SKLEARN_ARCHS:
+        raise ConfigError(
+            f"{run_dir} is a scikit-learn baseline run ({cfg.model.arch}): it keeps its results (summary.json) but no "
+            "model file, since pickles cannot be loaded safely; retrain it to evaluate under another protocol"
+        )
     ckpt = run_dir / "best.safetensors"
     meta = read_meta(ckpt)
     model = build_model(cfg.model, DataSchema.from_dict(meta["schema"]))
@@ -29,9 +35,23 @@ def load_run(run_dir: str | Path) -> tuple[Config, MultimodalMoE]:
     return cfg, model
 
 
-def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """Test metrics of a run's best model, optionally under another missingness protocol (``data.missing=...``)
-    on the same test split; the preprocessing stays fit on the training split under the training protocol."""
+@dataclass
+class OpenRun:
+    """A run's best model with its data rebuilt: the same seeded splits, the test split under ``missing``."""
+
+    run_dir: Path
+    cfg: Config
+    model: MultimodalMoE  # on ``device``
+    splits: Splits
+    missing: str  # the protocol of the validation and test splits
+    batch_size: int
+    device: str
+
+
+def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> OpenRun:
+    """Load a run and rebuild its splits, optionally with another missingness protocol (``data.missing=...``) on
+    the same test split; the preprocessing stays fit on the training split under the training protocol. Only the
+    keys in ``EVAL_KEYS`` may be overridden."""
     run_dir = Path(run_dir)
     over = parse_overrides(overrides or [])
     for section, keys in over.items():
@@ -51,8 +71,16 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     if splits.schema != model.schema:
         raise CheckpointError(f"the data no longer matches run {run_dir}: {splits.schema} vs {model.schema}")
     model.to(device)
-    test = evaluate(model, splits.test, int(t.get("eval_batch_size", cfg.train.eval_batch_size)), device)
-    result = {"run_dir": str(run_dir), "missing": eval_missing, "train_missing": cfg.data.missing, "test": test}
-    out = run_dir / f"eval-{eval_missing.replace(':', '')}.json"
+    batch_size = int(t.get("eval_batch_size", cfg.train.eval_batch_size))
+    return OpenRun(run_dir, cfg, model, splits, eval_missing, batch_size, device)
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Test metrics of a run's best model, optionally under another missingness protocol (``data.missing=...``)
+    on the same test split; the preprocessing stays fit on the training split under the training protocol."""
+    run = open_run(run_dir, overrides)
+    test = evaluate(run.model, run.splits.test, run.batch_size, run.device)
+    result = {"run_dir": str(run.run_dir), "missing": run.missing, "train_missing": run.cfg.data.missing, "test": test}
+    out = run.run_dir / f"eval-{run.missing.replace(':', '')}.json"
     atomic_write(out, lambda p: Path(p).write_text(json.dumps(result, indent=1)))
     return result

@@ -1,0 +1,284 @@
+"""Routing statistics: which experts serve which modality combinations and modalities, how decided the router is and
+how balanced the load — on a data split, and per epoch from a run's validation routing log (drift).
+
+Shapes: T tokens, K experts per token, E experts, M modalities, C = 2^M - 1 combinations, G groups of tokens
+(combinations, or (modality, observed) pairs: G = 2M).
+
+Definitions (the report and its tests rely on them; every share row sums to 1 over the experts):
+- slot share of expert e in a group: the share of the group's (token, top-k slot) assignments that go to e, i.e. the
+  fraction of the group's tokens whose top-k includes e, divided by K ("fraction of tokens routed to e");
+- gate-weight share: the share of the group's gate weight (each token's k weights sum to 1) that e receives;
+- top-1 share: the share of the group's tokens whose highest-scoring expert is e;
+- own expert (combination supervision, Flex-MoE's S-router): combination c's target expert (``combination_targets``);
+  own top-1 / own top-k = share of c's tokens whose top-1 is / whose top-k includes that expert. The full set's
+  target is only nominal: its tokens are trained for balance (G-router), not towards an expert;
+- router entropy: the mean over a group's tokens of the entropy of the softmax of the router scores over all
+  experts (how decided each token's routing is); usage entropy: the entropy of the group's gate-weight shares (how
+  many experts the group spreads over; its exponential is the effective number of experts). Natural logarithms; the
+  maximum is log E. Usage entropy uses gate weights because the per-epoch log records gate weights only;
+- load CV: population std / mean of the top-k slot counts over experts (0 = perfectly balanced), and the same of
+  the gate-weight sums ("importance", Shazeer et al. 2017).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from multimoe.batch import combination_name, combinations
+
+SHARES = ("slot_share", "weight_share", "top1_share")
+
+
+def presence_table(num_modalities: int) -> Tensor:
+    """C x M bool: which modalities each combination observes (published order)."""
+    present_CM = torch.zeros(len(combinations(num_modalities)), num_modalities, dtype=torch.bool)
+    for c, combo in enumerate(combinations(num_modalities)):
+        present_CM[c, list(combo)] = True
+    return present_CM
+
+
+def _entropy(p_GE: np.ndarray) -> np.ndarray:
+    """Row entropies (nats) of rows that sum to 1; 0 log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p_GE > 0, p_GE * np.log(p_GE), 0.0).sum(axis=1)
+
+
+def _shares(counts_GE: np.ndarray) -> np.ndarray:
+    """Rows normalised to sum to 1 (NaN rows where the group has no tokens)."""
+    total_G = counts_GE.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total_G > 0, counts_GE / total_G, np.nan)
+
+
+class _GroupTally:
+    """Per-group sums over batches: slot counts, gate weights, top-1 counts per expert, tokens, router entropy."""
+
+    def __init__(self, num_groups: int, num_experts: int) -> None:
+        G, E = num_groups, num_experts
+        self.slots_GE = np.zeros((G, E))
+        self.weight_GE = np.zeros((G, E))
+        self.top1_GE = np.zeros((G, E))
+        self.tokens_G = np.zeros(G)
+        self.router_entropy_G = np.zeros(G)  # sum over tokens
+
+    def add(self, group_T: Tensor, ids_TK: Tensor, weights_TK: Tensor, entropy_T: Tensor) -> None:
+        G, E = self.slots_GE.shape
+        flat_R = (group_T[:, None] * E + ids_TK).reshape(-1)
+        self.slots_GE += torch.bincount(flat_R, minlength=G * E).view(G, E).double().numpy()
+        w_R = weights_TK.reshape(-1).double()
+        self.weight_GE += torch.bincount(flat_R, weights=w_R, minlength=G * E).view(G, E).numpy()
+        self.top1_GE += torch.bincount(group_T * E + ids_TK[:, 0], minlength=G * E).view(G, E).double().numpy()
+        self.tokens_G += torch.bincount(group_T, minlength=G).double().numpy()
+        self.router_entropy_G += torch.bincount(group_T, weights=entropy_T.double(), minlength=G).numpy()
+
+
+class RoutingTally:
+    """Sums, per MoE layer, of the routing of every token: pass ``update`` as ``predict(..., on_output=...)``.
+
+    Tokens are grouped by their sample's combination and by (their modality, whether it was observed or filled)."""
+
+    def __init__(self, num_modalities: int) -> None:
+        self.num_modalities = num_modalities
+        self.present_CM = presence_table(num_modalities)
+        self.layers: list[tuple[_GroupTally, _GroupTally]] = []  # (by combination, by modality x observed)
+        self.top_k: list[int] = []
+
+    @torch.no_grad()
+    def update(self, out, batch=None) -> None:
+        """Add one batch's ``ModelOutput`` (its ``moe`` layers and token ``info``)."""
+        info = out.info
+        combo_T, modality_T = info.combo_T.cpu(), info.modality_T.cpu()
+        observed_T = self.present_CM[combo_T, modality_T]
+        state_T = modality_T * 2 + observed_T.long()
+        for i, moe_out in enumerate(out.moe):
+            r = moe_out.routing
+            ids_TK, weights_TK = r.ids_TK.cpu(), r.weights_TK.detach().float().cpu()
+            p_TE = r.logits_TE.detach().float().softmax(dim=1)  # -inf outside a disjoint pool: p = 0
+            entropy_T = -(p_TE * p_TE.clamp(min=1e-30).log()).sum(dim=1).cpu()
+            if i == len(self.layers):
+                E = r.logits_TE.shape[1]
+                self.layers.append((_GroupTally(len(self.present_CM), E), _GroupTally(2 * self.num_modalities, E)))
+                self.top_k.append(ids_TK.shape[1])
+            by_combo, by_state = self.layers[i]
+            by_combo.add(combo_T, ids_TK, weights_TK, entropy_T)
+            by_state.add(state_T, ids_TK, weights_TK, entropy_T)
+
+
+def _group_rows(tally: _GroupTally) -> dict[str, np.ndarray]:
+    shares = {
+        "slot_share": _shares(tally.slots_GE),
+        "weight_share": _shares(tally.weight_GE),
+        "top1_share": _shares(tally.top1_GE),
+    }
+    with np.errstate(divide="ignore", invalid="ignore"):
+        router_entropy = np.where(tally.tokens_G > 0, tally.router_entropy_G / tally.tokens_G, np.nan)
+    usage = np.where(tally.tokens_G > 0, _entropy(np.nan_to_num(shares["weight_share"])), np.nan)
+    return {**shares, "router_entropy": router_entropy, "usage_entropy": usage}
+
+
+def _activation_frame(keys: pd.DataFrame, stats: dict[str, np.ndarray], layer: int) -> pd.DataFrame:
+    """Long format: one row per (group, expert) of the groups that have tokens."""
+    G, E = stats["slot_share"].shape
+    frame = keys.loc[keys.index.repeat(E)].reset_index(drop=True)
+    frame.insert(0, "layer", layer)
+    frame["expert"] = np.tile(np.arange(E), G)
+    for name in SHARES:
+        frame[name] = stats[name].reshape(-1)
+    has = np.repeat(keys["tokens"].to_numpy() > 0, E)
+    return frame[has].drop(columns="tokens").reset_index(drop=True)
+
+
+def routing_frames(
+    tally: RoutingTally, modalities: tuple[str, ...] | list[str], targets: list[Tensor | None]
+) -> dict[str, pd.DataFrame]:
+    """Data frames of the tallied routing, all with a ``layer`` column (0-based MoE layer):
+
+    - ``activation_combination``: layer, combination, index, size, expert, slot/weight/top-1 shares;
+    - ``activation_modality``: layer, modality, observed, expert, the same shares;
+    - ``routing_combination``: layer, combination, index, size, tokens, own expert, own top-1 / top-k share, router
+      and usage entropy, effective experts;
+    - ``routing_modality``: layer, modality, observed, tokens, router and usage entropy, effective experts;
+    - ``load``: layer, expert, slots, slot share, importance (gate-weight sum), the combination targeting it;
+    - ``load_balance``: layer, experts, top-k, tokens, slot CV, importance CV, max / mean slots, unused experts.
+
+    ``targets[layer]`` maps combination -> expert under combination supervision (None otherwise).
+    """
+    modalities = list(modalities)
+    M = len(modalities)
+    combos = combinations(M)
+    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in ("ac", "am", "rc", "rm", "load", "bal")}
+    for layer, ((by_combo, by_state), K) in enumerate(zip(tally.layers, tally.top_k)):
+        E = by_combo.slots_GE.shape[1]
+        target_C = targets[layer] if layer < len(targets) else None
+        target_C = None if target_C is None else target_C.cpu().numpy()
+
+        keys_c = pd.DataFrame(
+            {
+                "combination": [combination_name(c, modalities) for c in combos],
+                "index": np.arange(len(combos)),
+                "size": [len(c) for c in combos],
+                "tokens": by_combo.tokens_G.astype(np.int64),
+            }
+        )
+        stats_c = _group_rows(by_combo)
+        frames["ac"].append(_activation_frame(keys_c, stats_c, layer))
+        rc = keys_c.copy()
+        rc.insert(0, "layer", layer)
+        if target_C is not None:
+            rows = np.arange(len(combos))
+            rc["own_expert"] = target_C
+            rc["own_top1"] = stats_c["top1_share"][rows, target_C]
+            rc["own_topk"] = stats_c["slot_share"][rows, target_C] * K  # share of tokens whose top-k includes it
+            rc["own_weight"] = stats_c["weight_share"][rows, target_C]
+        rc["router_entropy"] = stats_c["router_entropy"]
+        rc["usage_entropy"] = stats_c["usage_entropy"]
+        rc["effective_experts"] = np.exp(stats_c["usage_entropy"])
+        frames["rc"].append(rc[rc["tokens"] > 0])
+
+        keys_m = pd.DataFrame(
+            {
+                "modality": np.repeat(modalities, 2),
+                "observed": np.tile([False, True], M),
+                "tokens": by_state.tokens_G.astype(np.int64),
+            }
+        )
+        order = np.argsort(~keys_m["observed"].to_numpy(), kind="stable")  # observed modalities first, then fills
+        stats_m = {k: v[order] for k, v in _group_rows(by_state).items()}
+        keys_m = keys_m.iloc[order].reset_index(drop=True)
+        frames["am"].append(_activation_frame(keys_m, stats_m, layer))
+        rm = keys_m.copy()
+        rm.insert(0, "layer", layer)
+        rm["router_entropy"] = stats_m["router_entropy"]
+        rm["usage_entropy"] = stats_m["usage_entropy"]
+        rm["effective_experts"] = np.exp(stats_m["usage_entropy"])
+        frames["rm"].append(rm[rm["tokens"] > 0])
+
+        slots_E = by_combo.slots_GE.sum(axis=0)
+        importance_E = by_combo.weight_GE.sum(axis=0)
+        targeted = [""] * E
+        if target_C is not None:
+            for c, e in enumerate(target_C):
+                targeted[e] = "; ".join(filter(None, [targeted[e], keys_c["combination"][c]]))
+        frames["load"].append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "expert": np.arange(E),
+                    "slots": slots_E.astype(np.int64),
+                    "slot_share": slots_E / max(slots_E.sum(), 1),
+                    "importance": importance_E,
+                    "target_of": targeted,
+                }
+            )
+        )
+        frames["bal"].append(
+            pd.DataFrame(
+                {
+                    "layer": [layer],
+                    "experts": [E],
+                    "top_k": [K],
+                    "tokens": [int(by_combo.tokens_G.sum())],
+                    "slot_cv": [coefficient_of_variation(slots_E)],
+                    "importance_cv": [coefficient_of_variation(importance_E)],
+                    "max_over_mean": [float(slots_E.max() / slots_E.mean()) if slots_E.mean() > 0 else np.nan],
+                    "unused_experts": [int((slots_E == 0).sum())],
+                }
+            )
+        )
+    names = {
+        "ac": "activation_combination",
+        "am": "activation_modality",
+        "rc": "routing_combination",
+        "rm": "routing_modality",
+        "load": "load",
+        "bal": "load_balance",
+    }
+    return {names[k]: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in frames.items()}
+
+
+def coefficient_of_variation(v_E: np.ndarray) -> float:
+    """Population std / mean (NaN when the mean is 0)."""
+    v_E = np.asarray(v_E, dtype=float)
+    mean = v_E.mean()
+    return float(v_E.std() / mean) if mean > 0 else float("nan")
+
+
+def routing_drift(
+    records: list[dict], modalities: tuple[str, ...] | list[str], targets: list[Tensor | None]
+) -> pd.DataFrame:
+    """Per-epoch statistics from a run's ``routing.jsonl`` (validation routing of every epoch), long format:
+    epoch, layer, stat, group, value. Stats: ``load_cv`` (slot counts over experts), ``own_weight`` (gate-weight
+    share of partial combinations' tokens at their own expert, token-weighted), ``usage_entropy`` per modality and
+    the token-weighted mean over combinations (``combinations (mean)``)."""
+    modalities = list(modalities)
+    rows = []
+    for rec in records:
+        for layer, stats in enumerate(rec.get("layers", [])):
+            epoch = int(rec["epoch"])
+            rows.append((epoch, layer, "load_cv", "all", coefficient_of_variation(stats["tokens_per_expert"])))
+            w_CE = np.asarray(stats["combination_weight"], dtype=float)
+            tokens_C = w_CE.sum(axis=1)
+            target_C = targets[layer] if layer < len(targets) else None
+            if target_C is not None and tokens_C[1:].sum() > 0:
+                t = target_C.cpu().numpy()
+                own = w_CE[np.arange(1, len(t)), t[1:]].sum() / tokens_C[1:].sum()
+                rows.append((epoch, layer, "own_weight", "partial combinations", float(own)))
+            seen = tokens_C > 0
+            if seen.any():
+                h_C = _entropy(_shares(w_CE[seen]))
+                rows.append(
+                    (
+                        epoch,
+                        layer,
+                        "usage_entropy",
+                        "combinations (mean)",
+                        float((h_C * tokens_C[seen]).sum() / tokens_C[seen].sum()),
+                    )
+                )
+            w_ME = np.asarray(stats["modality_weight"], dtype=float)
+            for m, h in zip(modalities, _entropy(np.nan_to_num(_shares(w_ME)))):
+                rows.append((epoch, layer, "usage_entropy", m, float(h)))
+    return pd.DataFrame(rows, columns=["epoch", "layer", "stat", "group", "value"])

@@ -1,0 +1,220 @@
+import base64
+import io
+import json
+import math
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+
+from multimoe.bank_similarity import bank_pairs, claim_frames, correlation_ci, mantel_test
+from multimoe.batch import combinations
+from multimoe.cli import main
+from multimoe.evaluate import predict
+from multimoe.report import render_html, report_frames, routing_report_frames, save_report
+from multimoe.runs import open_run
+from multimoe.train import train
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny Flex-MoE run (bank, combination supervision) on 3 synthetic modalities with 30 % MCAR."""
+    return train(tiny_config(tmp_path_factory.mktemp("report"), "train.epochs=2")).run_dir
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    frames = report_frames(open_run(run_dir))
+    page = save_report(frames, run_dir / "report")
+    return page, page.read_text(), frames
+
+
+class _Tables(HTMLParser):
+    """Tables of the report page: frame name -> (column names, rows of cell texts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, tuple[list[str], list[list[str]]]] = {}
+        self._name, self._cell, self._row = None, None, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._name = a["data-frame"]
+            self.tables[self._name] = ([], [])
+        elif tag == "th" and self._name:
+            self.tables[self._name][0].append(a["data-col"])
+        elif tag == "tr" and self._name:
+            self._row = []
+        elif tag == "td" and self._name:
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._name and self._row:
+            self.tables[self._name][1].append(self._row)
+            self._row = []
+        elif tag == "table":
+            self._name = None
+
+
+def _matches(text: str, value) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return text == "-"
+    if isinstance(value, (bool, np.bool_)):
+        return text == ("yes" if value else "no")
+    if isinstance(value, (int, np.integer)):
+        return text == str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return abs(float(text) - float(value)) <= 5e-5
+    return text == str(value)
+
+
+def test_report_renders_self_contained_with_valid_pngs(report):
+    page, text, _ = report
+    assert text.startswith("<!DOCTYPE html>") and "</html>" in text
+    assert not re.search(r"(src|href)=\"(?!data:)", text)  # nothing to fetch: opens offline
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    files = sorted(page.parent.glob("*.png"))
+    names = {p.name for p in files}
+    assert {"activation_combination.png", "activation_modality.png", "own_expert.png", "entropy.png"} <= names
+    assert {"load.png", "bank_similarity.png", "metrics_by_combination.png", "drift.png"} <= names
+    assert len(uris) == len(files)
+    embedded = {base64.b64decode(u) for u in uris}
+    for path in files:
+        png = path.read_bytes()
+        assert png.startswith(PNG_SIGNATURE) and png in embedded
+        with Image.open(io.BytesIO(png)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    assert (page.parent / "data" / "activation_combination.csv").is_file()
+
+
+def test_numbers_in_the_html_match_the_frames(report):
+    _, text, frames = report
+    parser = _Tables()
+    parser.feed(text)
+    expected = {"summary", "metrics", "routing_combination", "routing_modality", "load_balance", "bank_claim"}
+    assert expected <= set(parser.tables)
+    for name, (columns, rows) in parser.tables.items():
+        frame = frames[name]
+        assert len(rows) == len(frame), name
+        for row, values in zip(rows, frame[columns].itertuples(index=False)):
+            for col, cell, value in zip(columns, row, values):
+                assert _matches(cell, value), f"{name}.{col}: html {cell!r} vs frame {value!r}"
+
+
+def test_activation_fractions_sum_to_one_per_group(report):
+    frames = report[2]
+    for name, key in (("activation_combination", "combination"), ("activation_modality", ["modality", "observed"])):
+        sums = frames[name].groupby(["layer", *np.atleast_1d(key)])[["slot_share", "weight_share", "top1_share"]].sum()
+        np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-9)
+    assert set(frames["activation_combination"]["combination"]) == set(frames["metrics"]["combination"])
+
+
+def test_activation_and_own_expert_match_a_direct_count(run_dir, report):
+    """Recount top-k assignments from the model's own routing on the test split."""
+    frames = report[2]
+    run = open_run(run_dir)
+    ids, combo = [], []
+    predict(run.model, run.splits.test, 64, on_output=lambda out, b: (ids.append(out.moe[0].routing.ids_TK),
+                                                                      combo.append(out.info.combo_T)))  # fmt: skip
+    ids_TK, combo_T = torch.cat(ids).numpy(), torch.cat(combo).numpy()
+    E, K = run.model.cfg.moe.num_experts, ids_TK.shape[1]
+    act = frames["activation_combination"].set_index(["index", "expert"])["slot_share"]
+    rc = frames["routing_combination"].set_index("index")
+    for c in np.unique(combo_T):
+        mine = ids_TK[combo_T == c]
+        share = np.bincount(mine.ravel(), minlength=E) / mine.size
+        np.testing.assert_allclose(act.loc[c].to_numpy(), share, atol=1e-12)
+        assert rc.loc[c, "tokens"] == len(mine)
+        assert rc.loc[c, "own_topk"] == pytest.approx((mine == c).any(axis=1).mean())  # identity map: expert c
+        assert rc.loc[c, "own_top1"] == pytest.approx((mine[:, 0] == c).mean())
+    assert K == 2
+
+
+def test_bank_baseline_is_the_rebuilt_initialisation(report):
+    frames = report[2]
+    assert list(frames["bank_claim"]["fill"]) == ["trained", "init", "update"]
+    rows = frames["bank_rows"]
+    assert (rows.loc[rows["train_samples"] > 0, "relative_update"] > 0).all()
+    pairs = frames["bank_pairs"]
+    assert len(pairs) == 3 * 3  # 3 modalities x 3 pairs among the 3 trained combinations lacking each one
+    assert set(pairs["shared"]) == {0, 1}
+
+
+def test_drift_has_one_point_per_epoch(report):
+    drift = report[2]["drift"]
+    for stat in ("load_cv", "own_weight", "usage_entropy"):
+        assert sorted(drift.loc[drift["stat"] == stat, "epoch"].unique()) == [0, 1]
+
+
+def test_bank_claim_detects_similarity_that_grows_with_shared_modalities():
+    M, P, D = 4, 2, 8
+    g = torch.Generator().manual_seed(0)
+    per_modality_MF = torch.randn(M, P * D, generator=g)
+    bank = torch.randn((1 << M) - 1, M, P * D, generator=g) * 0.3
+    for c, combo in enumerate(combinations(M)):
+        bank[c] += per_modality_MF[list(combo)].sum(dim=0)  # fills built from the observed modalities
+    bank = bank.view(-1, M, P, D).numpy()
+    seen = np.ones(len(bank), dtype=int)
+    seen[combinations(M).index((0, 1))] = 0  # a combination never seen in training is left out
+    pairs = bank_pairs(bank, ["a", "b", "c", "d"], seen)
+    assert not (pairs["combination_a"].eq("a+b") | pairs["combination_b"].eq("a+b")).any()
+    claim = claim_frames(pairs, resamples=200, seed=0)["bank_claim"].iloc[0]
+    assert claim["spearman"] > 0.5 and claim["spearman_lo"] > 0.3 and claim["pearson"] > 0.5
+    assert claim["mantel_p"] < 0.02
+    noise = correlation_ci(pairs["shared"], np.random.default_rng(0).normal(size=len(pairs)), 200, 0)
+    assert noise["spearman_lo"] < 0 < noise["spearman_hi"]
+    random_bank = np.random.default_rng(1).normal(size=bank.shape)
+    assert mantel_test(bank_pairs(random_bank, ["a", "b", "c", "d"], seen), "cosine_trained", 200)["mantel_p"] > 0.05
+    assert correlation_ci([1, 1, 1], [0.1, 0.2, 0.3])["spearman"] is None  # no spread: undefined, no crash
+
+
+def test_bank_claim_without_pairs_is_undefined_not_an_error():
+    """support2 under `natural`: only the full set and one partial combination occur, so no two trained
+    combinations lack the same modality."""
+    bank = np.random.default_rng(0).normal(size=(31, 5, 2, 4))
+    seen = np.zeros(31, dtype=int)
+    seen[[0, 1]] = 1
+    pairs = bank_pairs(bank, ["a", "b", "c", "d", "e"], seen, init_CMPD=bank * 0.5)
+    assert pairs.empty and "cosine_update" in pairs
+    claim = claim_frames(pairs)["bank_claim"]
+    assert list(claim["pairs"]) == [0, 0, 0] and claim["spearman"].isna().all()
+
+
+def test_model_without_bank_reports_through_the_cli_under_another_protocol(tmp_path, capsys):
+    run_dir = train(tiny_config(tmp_path, "train.epochs=1", "model.fill=zero")).run_dir
+    assert main(["report", str(run_dir), "data.missing=mcar:0.6"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    page = run_dir / "report-mcar0.6" / "report.html"
+    assert out["report"] == str(page) and "no missing-modality bank" in page.read_text()
+    summary = pd.read_csv(page.parent / "data" / "summary.csv").set_index("item")["value"]
+    assert summary["evaluated under"] == "mcar:0.6" and summary["trained under"] == "mcar:0.3"
+    assert pd.read_csv(page.parent / "data" / "activation_combination.csv")["slot_share"].notna().all()
+    assert main(["report", str(run_dir), "model.dim=4"]) == 2
+    assert "valid overrides" in capsys.readouterr().err
+
+
+def test_dense_model_without_bank_still_reports(tmp_path):
+    run_dir = train(tiny_config(tmp_path, "train.epochs=1", "model.ffn=dense", "model.fill=token")).run_dir
+    frames = routing_report_frames(run_dir)
+    notes = " ".join(str(v) for v in frames["summary"]["value"])
+    assert frames["activation_combination"].empty and frames["bank_pairs"].empty
+    assert "no MoE layer" in notes and "no missing-modality bank" in notes
+    doc, pngs = render_html(frames)
+    assert "metrics_by_combination.png" in pngs and "no missing-modality bank" in doc
