@@ -89,6 +89,8 @@ class RoutingTally:
     @torch.no_grad()
     def update(self, out, batch=None) -> None:
         """Add one batch's ``ModelOutput`` (its ``moe`` layers and token ``info``)."""
+        if not out.moe:  # no MoE layer (dense feed-forward, late fusion): nothing is routed
+            return
         info = out.info
         combo_T, modality_T = info.combo_T.cpu(), info.modality_T.cpu()
         observed_T = self.present_CM[combo_T, modality_T]

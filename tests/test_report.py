@@ -218,3 +218,13 @@ def test_dense_model_without_bank_still_reports(tmp_path):
     assert "no MoE layer" in notes and "no missing-modality bank" in notes
     doc, pngs = render_html(frames)
     assert "metrics_by_combination.png" in pngs and "no missing-modality bank" in doc
+
+
+def test_late_fusion_run_reports_without_routing(tmp_path):
+    from conftest import tiny_config
+    from multimoe.report import write_report
+    from multimoe.train import train
+
+    run = train(tiny_config(tmp_path, "model.arch=late_fusion", "train.epochs=1"))
+    page = write_report(run.run_dir)
+    assert page.is_file() and "accuracy" in page.read_text().lower()
