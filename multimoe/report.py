@@ -55,7 +55,7 @@ def initial_bank(run: OpenRun) -> np.ndarray | None:
 
 def _bank_frames(run: OpenRun, train_count_C: np.ndarray, notes: list[str]) -> dict[str, pd.DataFrame]:
     empty = {k: pd.DataFrame() for k in ("bank_pairs", "bank_claim", "bank_by_shared", "bank_rows")}
-    if not isinstance(run.model.fill, BankFill):
+    if not isinstance(getattr(run.model, "fill", None), BankFill):
         notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
         return empty
     modalities = run.splits.schema.modalities
@@ -93,7 +93,7 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
     pred = predict(run.model, run.splits.test, run.batch_size, run.device, on_output=tally.update)
     result = metrics_from_predictions(pred, schema.modalities)
     train_count_C = np.bincount(run.splits.train.combo_N.numpy(), minlength=C)
-    moes = [layer.ffn for layer in run.model.layers if isinstance(layer.ffn, MoE)]
+    moes = [m for m in run.model.modules() if isinstance(m, MoE)]
     targets = [m.targets_C if m.supervision == "combination" else None for m in moes]
     notes: list[str] = []
     frames = routing_frames(tally, schema.modalities, targets)

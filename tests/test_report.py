@@ -222,6 +222,7 @@ def test_dense_model_without_bank_still_reports(tmp_path):
 
 def test_late_fusion_run_reports_without_routing(tmp_path):
     from conftest import tiny_config
+
     from multimoe.report import write_report
     from multimoe.train import train
 
