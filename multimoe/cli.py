@@ -65,19 +65,16 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from multimoe.config import DataConfig
-    from multimoe.data import DATASETS
+    from multimoe.data import describe_datasets
 
-    for name, info in DATASETS.items():
-        print(f"{name}: {info.description}")
-        if not info.installed:
-            print(f"  package {info.package}=={info.version} not installed; install with: {info.install}")
+    for d in describe_datasets():
+        print(f"{d['name']}: {d['description']}")
+        if not d["installed"]:
+            print(f"  package {d['package']} not installed; install with: {d['install']}")
             continue
-        table = info.load(DataConfig(name=name))
-        mods = ", ".join(f"{m} ({len(c)})" for m, c in table.modalities.items())
-        classes = table.frame[table.label].nunique()
-        source = f"package {info.package}=={info.version} installed" if info.package else "generated"
-        print(f"  rows {len(table.frame)}, classes {classes}, label '{table.label}', {source}")
+        mods = ", ".join(f"{m} ({n})" for m, n in d["modalities"].items())
+        source = f"package {d['package']} installed" if d["package"] else "generated"
+        print(f"  rows {d['rows']}, classes {d['classes']}, label '{d['label']}', {source}")
         print(f"  modalities (columns): {mods}")
 
 

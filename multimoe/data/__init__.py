@@ -53,6 +53,24 @@ def build_table(cfg: DataConfig) -> Table:
     return DATASETS[cfg.name].load(cfg)
 
 
+def describe_datasets() -> list[dict]:
+    """Each built-in dataset: modalities and their column counts, rows, classes, whether its package is installed."""
+    out = []
+    for name, info in DATASETS.items():
+        row = {"name": name, "description": info.description, "installed": info.installed, "install": info.install,
+               "package": f"{info.package}=={info.version}" if info.package else None}  # fmt: skip
+        if info.installed:
+            table = info.load(DataConfig(name=name))
+            row.update(
+                rows=len(table.frame),
+                classes=int(table.frame[table.label].nunique()),
+                label=table.label,
+                modalities={m: len(c) for m, c in table.modalities.items()},
+            )
+        out.append(row)
+    return out
+
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -64,6 +82,7 @@ __all__ = [
     "Table",
     "apply_protocol",
     "build_table",
+    "describe_datasets",
     "combination_presence",
     "load_spec",
     "parse_protocol",
