@@ -13,7 +13,7 @@ from multimoe.data import DataSchema, build_table, parse_protocol, prepare
 from multimoe.evaluate import evaluate
 from multimoe.model import MultimodalMoE, build_model
 
-EVAL_KEYS = {"data": {"missing"}, "train": {"eval_batch_size", "device", "threads"}}
+EVAL_KEYS = {"data": {"missing"}, "train": {"eval_batch_size", "device", "threads", "compile"}}
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, MultimodalMoE]:
@@ -51,6 +51,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
     if splits.schema != model.schema:
         raise CheckpointError(f"the data no longer matches run {run_dir}: {splits.schema} vs {model.schema}")
     model.to(device)
+    if t.get("compile", cfg.train.compile):
+        model.compile()
     test = evaluate(model, splits.test, int(t.get("eval_batch_size", cfg.train.eval_batch_size)), device)
     result = {"run_dir": str(run_dir), "missing": eval_missing, "train_missing": cfg.data.missing, "test": test}
     out = run_dir / f"eval-{eval_missing.replace(':', '')}.json"

@@ -121,6 +121,8 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, splits.schema).to(device)
+    if t.compile:
+        model.compile()  # in place: parameter names and checkpoints stay those of the plain model
     optimizer = _make_optimizer(model, t)
     meta = {"config": config_dict, "schema": splits.schema.to_dict(), "multimoe_version": __version__}
 
