@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from multimoe.allocator import retain_freed_memory
 from multimoe.config import Config, load_config
 from multimoe.data import build_table, prepare
 from multimoe.model import build_model, resolve
@@ -72,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=7, help="timed epochs per model (median; >= 5)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    p.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc policy as it is")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    retained = not args.system_malloc and retain_freed_memory()  # as multimoe.train does on CPU
     base = load_config(PRESET, DEFAULTS + args.overrides)
     splits = prepare(build_table(base.data), base.data, base.seed)
     variants = {
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         f"training throughput, torch {torch.__version__}, {args.threads} threads: {base.data.name} "
         f"({schema.num_modalities} modalities, {n} training samples, batch {base.train.batch_size}, {steps} steps per "
         f"epoch); medians of {args.epochs} epochs after one warm-up epoch, models alternating"
+        + ("; freed memory retained" if retained else "")
     )
     for name, tr in trainers.items():
         params = sum(q.numel() for q in tr.model.parameters())
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'model':<18} {'epoch s':>8} {'samples/s':>10} {'step ms':>8}")
     for name in trainers:
         print(f"  {name:<18} {med[name]:>8.3f} {rate[name]:>10.1f} {1e3 * med[name] / steps:>8.2f}")
-    result = {"dataset": base.data.name, "threads": args.threads, "samples_per_second": rate}
+    result = {"dataset": base.data.name, "threads": args.threads, "retained_memory": retained}
+    result["samples_per_second"] = rate
     result["flexmoe_over_dense"] = round(rate["flexmoe"] / rate["dense"], 3)
     if args.compile:
         result["compile_gain_flexmoe"] = round(rate["flexmoe+compile"] / rate["flexmoe"], 3)

@@ -22,6 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from multimoe import __version__
+from multimoe.allocator import retain_freed_memory
 from multimoe.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from multimoe.config import Config, TrainConfig, to_dict
 from multimoe.data import Splits, Table, build_table, prepare
@@ -106,6 +107,8 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     if t.threads:
         torch.set_num_threads(t.threads)
     device = torch.device(t.device)
+    if device.type == "cpu":
+        retain_freed_memory()  # no page faults on activations re-allocated every step (multimoe/allocator.py)
     table = table if table is not None else build_table(cfg.data)
     splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)
     model_cfg, notes = resolve(cfg.model, splits.schema)

@@ -73,21 +73,28 @@ def check_against_naive(T, E, K, D, H, kind, path, capacity_factor=0.0, device="
         torch.testing.assert_close(a.grad.cpu(), b.grad.float(), **TOL)
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def plans(request, monkeypatch):
+    """Dispatch plans computed with numpy (CPU's default) or with torch (other devices' code, here on CPU)."""
+    monkeypatch.setattr(moe_mod, "_HOST_PLANS", request.param == "numpy")
+    return request.param
+
+
 @pytest.mark.parametrize("dims", [(8, 16), (6, 10)], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("kind", ["random", "skewed", "empty"])
-def test_every_path_equals_the_naive_reference(dims, kind):
+def test_every_path_equals_the_naive_reference(dims, kind, plans):
     for path in ["auto", *paths_for(*dims)]:
         check_against_naive(37, 5, 2, *dims, kind, path)
 
 
 @pytest.mark.parametrize("kind", ["random", "skewed"])
 @pytest.mark.parametrize("factor", [0.5, 1.0, 100.0])
-def test_capacity_factor_drops_pairs_past_the_capacity(kind, factor):
+def test_capacity_factor_drops_pairs_past_the_capacity(kind, factor, plans):
     for path in paths_for(8, 16):
         check_against_naive(29, 4, 2, 8, 16, kind, path, capacity_factor=factor)
 
 
-def test_capacity_keeps_top1_pairs_first():
+def test_capacity_keeps_top1_pairs_first(plans):
     ids = torch.tensor([[0, 1], [1, 0], [0, 1]])  # top-1 pairs: expert 0 has two, expert 1 one
     plan = plan_dispatch(ids, 2, capacity=2)  # expert 0 keeps (0, 0), (2, 0); expert 1 keeps (1, 0), (0, 1)
     assert plan.keep_TK.tolist() == [[True, True], [True, False], [True, False]]
@@ -95,16 +102,17 @@ def test_capacity_keeps_top1_pairs_first():
     assert plan_dispatch(ids, 2, capacity=3).keep_TK is None
 
 
-def test_the_grouped_path_is_used_where_it_runs():
+def test_path_choice_and_grouped_support():
     x, plan = torch.randn(4, 8), plan_dispatch(torch.tensor([[0], [1], [2], [0]]), 3)
-    expected = "grouped" if moe_mod._HAS_GROUPED_MM else "loop"
-    assert moe_mod.choose_path(x, torch.randn(3, 8, 16), torch.randn(3, 16, 8), plan) == expected
-    assert moe_mod.choose_path(x[:, :6], torch.randn(3, 6, 10), torch.randn(3, 10, 6), plan) == "loop"
-    assert moe_mod.choose_path(x.double(), torch.randn(3, 8, 16).double(), torch.randn(3, 16, 8).double(), plan) == (
-        "loop"
-    )
+    assert moe_mod.choose_path(x, torch.randn(3, 8, 16), torch.randn(3, 16, 8), plan) == "padded"
+    assert moe_mod.grouped_supported(x, torch.randn(3, 8, 16)) == moe_mod._HAS_GROUPED_MM
+    assert not moe_mod.grouped_supported(x[:, :6], torch.randn(3, 6, 10))  # not 16-byte aligned
+    assert not moe_mod.grouped_supported(x.double(), torch.randn(3, 8, 16).double())
     with pytest.raises(ValueError, match="unknown MoE path"):
         expert_ffn(x, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), *[torch.zeros(3, 8, 8)] * 4, path="x")
+    with pytest.raises(ValueError, match="grouped path needs"):
+        expert_ffn(x[:, :6], torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), torch.zeros(3, 6, 10),
+                   torch.zeros(3, 10), torch.zeros(3, 10, 6), torch.zeros(3, 6), path="grouped")  # fmt: skip
 
 
 def test_no_tokens():
@@ -174,3 +182,33 @@ def test_capacity_factor_comes_from_the_config():
     assert model.layers[0].ffn.capacity_factor == 1.25
     with pytest.raises(ConfigError, match="capacity_factor"):
         load_config(None, ["model.moe.capacity_factor=-1"])
+
+
+@pytest.mark.parametrize("kind", ["random", "skewed", "empty"])
+def test_padded_layout_with_overflow_equals_the_naive_reference(kind, plans):
+    """Every padding width: all rows in overflow (0), some experts overflowing, none (the largest count)."""
+    T, E, K, D, H = 41, 5, 2, 8, 16
+    g = torch.Generator().manual_seed(2)
+    params = [torch.randn(E, D, H, generator=g), torch.randn(E, H, generator=g),
+              torch.randn(E, H, D, generator=g), torch.randn(E, D, generator=g)]  # fmt: skip
+    x, w = torch.randn(T, D, generator=g), torch.rand(T, K, generator=g).softmax(1)
+    ids = routing(kind, T, E, K, g)
+    upstream = torch.randn(T, D, generator=g)
+    ref_leaves = [t.double().requires_grad_() for t in (x, w, *params)]
+    ref = naive(*ref_leaves[:1], ids, *ref_leaves[1:])
+    ref.backward(upstream.double())
+    plan = plan_dispatch(ids, E)
+    for width in sorted({0, 3, sorted(plan.counts)[E // 2], max(plan.counts)}):
+        leaves = [t.clone().requires_grad_() for t in (x, w, *params)]
+        out = moe_mod._PaddedExpertFFN.apply(*leaves, plan, width)
+        assert len(plan.padded(width).overflow) == sum(n > width for n in plan.counts)
+        torch.testing.assert_close(out, ref.float(), **TOL)
+        out.backward(upstream)
+        for a, b in zip(leaves, ref_leaves):
+            torch.testing.assert_close(a.grad, b.grad.float(), **TOL)
+
+
+def test_padded_width_trades_padding_for_calls():
+    assert moe_mod.padded_width([128] * 16) == 128  # balanced: no padding, no overflow
+    assert moe_mod.padded_width([6144] + [1229] * 15) == 1229  # one large expert overflows
+    assert moe_mod.padded_width([]) == 0
