@@ -54,10 +54,8 @@ def _prob_in_top_k(clean_TE: Tensor, noisy_TE: Tensor, std_TE: Tensor, top_vals:
     """P(expert e stays in the top-k when its own noise is redrawn), Shazeer et al. 2017, appendix A."""
     threshold_if_in = top_vals[:, k : k + 1]  # e is in: it must beat the (k+1)-th value
     threshold_if_out = top_vals[:, k - 1 : k]  # e is out: it must beat the k-th value
-    is_in = noisy_TE > threshold_if_in
-    prob_if_in = torch.special.ndtr((clean_TE - threshold_if_in) / std_TE)
-    prob_if_out = torch.special.ndtr((clean_TE - threshold_if_out) / std_TE)
-    return torch.where(is_in, prob_if_in, prob_if_out)
+    threshold_TE = torch.where(noisy_TE > threshold_if_in, threshold_if_in, threshold_if_out)
+    return torch.special.ndtr((clean_TE - threshold_TE) / std_TE)  # one ndtr for both cases
 
 
 class Router(nn.Module):
