@@ -4,7 +4,8 @@ Shapes: T tokens, D width, H expert hidden width, E experts, K experts per token
 
 The limit is a dense FFN doing the same FLOPs with no dispatch: the faster, in the same run, of (a) T*K rows through
 one D->H->D MLP and (b) T rows through one D->K*H->D MLP. Every method is timed side by side in one process,
-interleaved round-robin after warm-up, and reported as a median; "fraction of limit" is limit time / method time.
+interleaved in a random order each round after warm-up, and reported as a median; "fraction of limit" is limit
+time / method time.
 Methods: the engine (``multimoe.moe.expert_ffn``, path chosen by ``choose_path``; each path forced is also shown)
 and two references written here: the eager per-expert loop common in public code (``torch.where`` per expert, the
 stacked weight indexed per expert, ``index_add``) and sorted contiguous slices with a loop over ``W.unbind(0)``.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -162,10 +164,12 @@ def _sync(device: torch.device) -> None:
 
 
 def time_methods(fns: dict, inputs: dict, device: torch.device, reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call, the methods interleaved round-robin so that load changes hit them alike."""
+    """Median seconds per call, the methods interleaved so that load changes hit them alike, in a new (seeded)
+    random order each round: what ran just before a call changes its time by up to ~10 % at small sizes."""
     times = {name: [] for name in fns}
+    rng = random.Random(0)
     for i in range(warmup + reps):
-        for name, fn in fns.items():
+        for name, fn in rng.sample(list(fns.items()), len(fns)):
             _zero_grads(inputs)
             _sync(device)
             start = time.perf_counter()
