@@ -67,7 +67,7 @@ class Padded:
 
     width: int
     num_experts: int
-    source_P: Tensor  # token of each row; token 0 for padding (harmless: padding rows get a zero gate)
+    source_P: Tensor  # token of each row; token 0 for padding (padding rows get a zero gate)
     gate_P: Tensor  # slot-major pair k * T + t of each row, into the gates with a zero appended; T * K for padding
     row_TK: Tensor  # row of each (token, slot) pair (dropped pairs: masked by Dispatch.keep_TK)
     overflow: list[tuple[int, int, int]]  # (expert, first row, end row) of the rows past ``width``
@@ -290,7 +290,7 @@ class _ExpertFFN(torch.autograd.Function):
     as soon as it is used: peak memory stays close to a dense FFN's."""
 
     @staticmethod
-    def forward(ctx, x_TD, gates_TK, w1_EDH, b1_EH, w2_EHD, b2_ED, plan: Dispatch, path: str):  # noqa: ANN001
+    def forward(ctx, x_TD, gates_TK, w1_EDH, b1_EH, w2_EHD, b2_ED, plan: Dispatch, path: str):
         xs_RD = x_TD.index_select(0, plan.token_R)
         pre_RH = _forward_linear(xs_RD, w1_EDH, b1_EH, plan, path)
         h_RH = F.gelu(pre_RH)
@@ -304,7 +304,7 @@ class _ExpertFFN(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_TD):  # noqa: ANN001
+    def backward(ctx, grad_TD):
         x_TD, gates_TK, w1_EDH, w2_EHD = ctx.saved_tensors
         plan, path = ctx.plan, ctx.path
         E = w1_EDH.shape[0]
@@ -402,11 +402,12 @@ def _padded_weight_grads(a_PI: Tensor, g_PO: Tensor, pad: Padded) -> tuple[Tenso
 
 class _PaddedExpertFFN(torch.autograd.Function):
     """The same layer on the padded layout: each product is one batched matmul (one parallel region on CPU, one
-    kernel on CUDA) with the bias inside it, plus one matmul per overflowing expert. Padding rows read a zero
-    token and a zero gate, so they add exactly nothing to any output or gradient."""
+    kernel on CUDA) with the bias inside it, plus one matmul per overflowing expert. Padding rows read token 0
+    with a zero gate: their outputs are never gathered and their rows of every backward product are exactly zero
+    (for finite values), so they add nothing to any gradient."""
 
     @staticmethod
-    def forward(ctx, x_TD, gates_TK, w1_EDH, b1_EH, w2_EHD, b2_ED, plan: Dispatch, width: int):  # noqa: ANN001
+    def forward(ctx, x_TD, gates_TK, w1_EDH, b1_EH, w2_EHD, b2_ED, plan: Dispatch, width: int):
         pad = plan.padded(width)
         xs_PD = x_TD.index_select(0, pad.source_P)
         pre_PH = _padded_linear(xs_PD, w1_EDH, b1_EH, pad)
@@ -421,7 +422,7 @@ class _PaddedExpertFFN(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_TD):  # noqa: ANN001
+    def backward(ctx, grad_TD):
         x_TD, gates_TK, w1_EDH, w2_EHD = ctx.saved_tensors
         pad = ctx.pad
         grad_TD = grad_TD.contiguous()
