@@ -65,6 +65,7 @@ class MoEConfig:
     num_experts: int = 16  # experts (per modality with layout=disjoint); raised to 2^M-1 by Flex-MoE's identity map
     hidden: int = 256  # expert hidden width
     router: RouterConfig = field(default_factory=RouterConfig)
+    capacity_factor: float = 0.0  # cap each expert at ceil(factor*T*top_k/E) (token, slot) pairs; 0: dropless
 
 
 @dataclass
@@ -101,6 +102,7 @@ class TrainConfig:
     patience: int = 0  # early stopping after this many epochs without improvement (0: off)
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
+    compile: bool = False  # torch.compile the model's forward (training and evaluation); the MoE engine stays eager
     progress: bool = True  # show a progress bar on stderr
     resume: str | None = None  # run folder to continue from its last completed epoch (same config; see resume.py)
 
@@ -336,6 +338,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     _positive("model.moe.num_experts", m.moe.num_experts)
     _positive("model.moe.hidden", m.moe.hidden)
+    _positive("model.moe.capacity_factor", m.moe.capacity_factor, allow_zero=True)
     _positive("model.moe.router.top_k", m.moe.router.top_k)  # <= num_experts is checked once experts are resolved
     t = cfg.train
     _choice("train.order", t.order, ("descending", "ascending", "random"))

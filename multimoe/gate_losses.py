@@ -39,6 +39,13 @@ def cv_squared(v_GE: Tensor, keep_GE: Tensor | None = None) -> Tensor:
     return torch.where(n > 1, var / (mean**2 + EPS), torch.zeros_like(var))
 
 
+def count(group_T: Tensor, num_groups: int) -> Tensor:
+    """Tokens per group: ``bincount`` with a static output shape (so that torch.compile needs no graph break)."""
+    return torch.zeros(num_groups, dtype=torch.long, device=group_T.device).index_add_(
+        0, group_T, torch.ones_like(group_T)
+    )
+
+
 def group_sum(values_TE: Tensor, group_T: Tensor, num_groups: int) -> Tensor:
     return values_TE.new_zeros(num_groups, values_TE.shape[1]).index_add(0, group_T, values_TE)
 
@@ -53,7 +60,7 @@ def balance_loss(routing: Routing, group_T: Tensor, num_groups: int, keep_GE: Te
 def entropy_loss(routing: Routing, modality_T: Tensor, num_modalities: int) -> Tensor:
     """FuseMoE: mean_m H(p̄_m) - H(mean_m p̄_m), over the full softmax of each token's scores."""
     p_TE = routing.logits_TE.softmax(dim=1)  # exp(-inf) = 0 outside a disjoint pool
-    counts_M = torch.bincount(modality_T, minlength=num_modalities).clamp(min=1).to(p_TE.dtype)
+    counts_M = count(modality_T, num_modalities).clamp(min=1).to(p_TE.dtype)
     p_ME = group_sum(p_TE, modality_T, num_modalities) / counts_M[:, None]
     p_E = p_ME.mean(dim=0)
     return _entropy(p_ME).mean() - _entropy(p_E[None])[0]
@@ -102,38 +109,42 @@ def gate_loss(
         raise ValueError(f"unknown router supervision {supervision!r}; choose combination, balance, entropy or none")
     if targets_C is None:
         raise ValueError("combination supervision needs the combination -> expert targets")
+    E = routing.logits_TE.shape[1]
     full_T = combo_T == 0
     partial_T = ~full_T
-    E = routing.logits_TE.shape[1]
+
+    # All balance terms in one grouped pass (each token belongs to exactly one group, so this is the per-group
+    # masked sum of the published per-modality calls, with far fewer kernels): groups [0, M) hold the
+    # full-modality tokens of each modality, balanced over all experts (generalization); the groups after them
+    # hold the partial tokens, by (modality, combination) for "own", by modality for "expert0" (specialization).
+    if exclude == "own":
+        C = targets_C.shape[0]
+        partial_group_T = modality_T * C + combo_T
+        keep_PE = torch.arange(E, device=combo_T.device)[None, :] != targets_C.repeat(M)[:, None]
+    elif exclude == "expert0":
+        partial_group_T = modality_T
+        keep_PE = (torch.arange(E, device=combo_T.device) != 0)[None, :].expand(M, E)
+    else:
+        raise ValueError(f"unknown balance_exclude {exclude!r}; choose own or expert0")
+    G = M + keep_PE.shape[0]
+    group_T = torch.where(full_T, modality_T, M + partial_group_T)
+    keep_GE = torch.cat([keep_PE.new_ones(M, E), keep_PE])
+    importance_GE = group_sum(routing.dense_weights(), group_T, G)
+    load_GE = group_sum(routing.load_TE, group_T, G)
+    cv_2G = cv_squared(torch.cat([importance_GE, load_GE]), keep_GE.repeat(2, 1))
+    balance_G = cv_2G[:G] + cv_2G[G:]
 
     # generalization: full-modality tokens, balance over all experts
-    full_only = _masked(routing, full_T)
-    loss = balance_loss(full_only, modality_T, M).sum()
+    loss = balance_G[:M].sum()
 
     # specialization: cross-entropy to the combination's expert (mean over partial tokens, per modality)
     ce_T = F.cross_entropy(routing.logits_TE, targets_C[combo_T], reduction="none")
     n_partial = partial_T.sum()
     loss = loss + M * (ce_T * partial_T).sum() / n_partial.clamp(min=1)
 
-    partial_only = _masked(routing, partial_T)
     if exclude == "expert0":
-        keep_E = torch.arange(E, device=combo_T.device) != 0
-        loss = loss + balance_loss(partial_only, modality_T, M, keep_E[None, :]).sum()
-    elif exclude == "own":
-        C = targets_C.shape[0]
-        group_T = modality_T * C + combo_T
-        keep_GE = torch.arange(E, device=combo_T.device)[None, :] != targets_C.repeat(M)[:, None]
-        per_group = balance_loss(partial_only, group_T, M * C, keep_GE)
-        counts_G = torch.bincount(group_T[partial_T], minlength=M * C)
-        has_MC = (counts_G > 0).view(M, C).to(per_group.dtype)
-        per_modality = (per_group.view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)
-        loss = loss + per_modality.sum()
-    else:
-        raise ValueError(f"unknown balance_exclude {exclude!r}; choose own or expert0")
-    return loss
-
-
-def _masked(routing: Routing, keep_T: Tensor) -> Routing:
-    """The routing with the weights and load of tokens outside ``keep_T`` zeroed (static shapes, no sync)."""
-    k = keep_T.to(routing.weights_TK.dtype)[:, None]
-    return Routing(routing.weights_TK * k, routing.ids_TK, routing.logits_TE, routing.load_TE * k)
+        return loss + balance_G[M:].sum()
+    counts_G = count(group_T, G)[M:]  # partial tokens per (modality, combination)
+    has_MC = (counts_G > 0).view(M, C).to(balance_G.dtype)
+    per_modality = (balance_G[M:].view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)
+    return loss + per_modality.sum()

@@ -98,7 +98,7 @@ class MultimodalMoE(nn.Module):
         E = cfg.moe.num_experts
         targets = combination_targets((1 << M) - 1, E, r.combination_map) if r.supervision == "combination" else None
         router = build_router(r, cfg.dim, E, M)
-        return MoE(cfg.dim, cfg.moe.hidden, router, r.supervision, r.balance_exclude, targets)
+        return MoE(cfg.dim, cfg.moe.hidden, router, r.supervision, r.balance_exclude, targets, cfg.moe.capacity_factor)
 
     def forward(self, batch: Batch) -> ModelOutput:
         B = len(batch)

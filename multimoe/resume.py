@@ -35,7 +35,7 @@ BEST_FILE = "best.safetensors"
 SUMMARY_FILE = "summary.json"
 EPOCH_LOGS = ("metrics.jsonl", "routing.jsonl")
 # keys a resumed run may change: where it runs and how it reports, never what it computes
-FREE_KEYS = ("out_dir", "name", "train.resume", "train.progress", "train.device", "train.threads")
+FREE_KEYS = ("out_dir", "name", "train.resume", "train.progress", "train.device", "train.threads", "train.compile")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from multimoe.data import DataSchema, Splits, build_table, parse_protocol, prepa
 from multimoe.evaluate import evaluate
 from multimoe.model import SKLEARN_ARCHS, MultimodalMoE, build_model
 
-EVAL_KEYS = {"data": {"missing"}, "train": {"eval_batch_size", "device", "threads"}}
+EVAL_KEYS = {"data": {"missing"}, "train": {"eval_batch_size", "device", "threads", "compile"}}
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, MultimodalMoE]:
@@ -71,6 +71,8 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> OpenRun
     if splits.schema != model.schema:
         raise CheckpointError(f"the data no longer matches run {run_dir}: {splits.schema} vs {model.schema}")
     model.to(device)
+    if t.get("compile", cfg.train.compile):
+        model.compile()
     batch_size = int(t.get("eval_batch_size", cfg.train.eval_batch_size))
     return OpenRun(run_dir, cfg, model, splits, eval_missing, batch_size, device)
 

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from multimoe import __version__, resume
+from multimoe.allocator import retain_freed_memory
 from multimoe.baselines import fit_sklearn
 from multimoe.batch import drop_modalities
 from multimoe.checkpoint import atomic_write, load_checkpoint, save_checkpoint
@@ -124,6 +125,8 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
         torch.set_num_threads(t.threads)
         threadpool_limits(t.threads)
     device = check_device(t.device)
+    if device.type == "cpu":
+        retain_freed_memory()  # no page faults on activations re-allocated every step (multimoe/allocator.py)
     if cfg.data.spec:  # the run folder must find the user's table again from anywhere (eval, report, resume)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, spec=str(Path(cfg.data.spec).resolve())))
     table = table if table is not None else build_table(cfg.data)
@@ -151,6 +154,8 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, splits.schema).to(device)
+    if t.compile:
+        model.compile()  # in place: parameter names and checkpoints stay those of the plain model
     optimizer = _make_optimizer(model, t)
     meta = {
         "config": config_dict,

@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from multimoe.gate_losses import combination_targets, cv_squared, gate_loss
+from multimoe.gate_losses import balance_loss, combination_targets, cv_squared, gate_loss
 from multimoe.routers import Routing
 
 
@@ -121,3 +121,49 @@ def test_disjoint_pools_restrict_the_balance():
         load = [sum(LOAD[t][e] for t in tokens) for e in keep]
         expected += cv2(imp) + cv2(load)
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def _published_form(routing, combo_T, modality_T, M, exclude, targets_C):
+    """Flex-MoE's combination loss as separate masked calls (the form of the published per-modality code)."""
+
+    def masked(keep_T):
+        k = keep_T.to(routing.weights_TK.dtype)[:, None]
+        return Routing(routing.weights_TK * k, routing.ids_TK, routing.logits_TE, routing.load_TE * k)
+
+    full_T, E = combo_T == 0, routing.logits_TE.shape[1]
+    partial_T = ~full_T
+    loss = balance_loss(masked(full_T), modality_T, M).sum()
+    ce_T = torch.nn.functional.cross_entropy(routing.logits_TE, targets_C[combo_T], reduction="none")
+    loss = loss + M * (ce_T * partial_T).sum() / partial_T.sum().clamp(min=1)
+    if exclude == "expert0":
+        keep_E = torch.arange(E) != 0
+        return loss + balance_loss(masked(partial_T), modality_T, M, keep_E[None, :]).sum()
+    C = targets_C.shape[0]
+    group_T = modality_T * C + combo_T
+    keep_GE = torch.arange(E)[None, :] != targets_C.repeat(M)[:, None]
+    per_group = balance_loss(masked(partial_T), group_T, M * C, keep_GE)
+    has_MC = (torch.bincount(group_T[partial_T], minlength=M * C) > 0).view(M, C).to(per_group.dtype)
+    return loss + ((per_group.view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)).sum()
+
+
+@pytest.mark.parametrize("exclude", ["own", "expert0"])
+def test_combination_loss_equals_the_published_per_call_form(exclude):
+    """The one-pass grouped computation against separate masked calls: values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    M, T, E, K = 3, 96, 8, 2
+    C = (1 << M) - 1
+    logits = torch.randn(T, E, generator=g, requires_grad=True)
+    load = torch.rand(T, E, generator=g, requires_grad=True)
+    top, ids = logits.topk(K, dim=1)
+    modality_T = torch.arange(T) % M
+    combo_T = torch.randint(0, C, (T // M,), generator=g).repeat_interleave(M)
+    combo_T[:M] = 0  # at least one full sample
+    targets = combination_targets(C, E, "identity")
+    routing_ = Routing(top.softmax(1), ids, logits, load)
+    new = gate_loss(routing_, combo_T, modality_T, M, "combination", exclude, targets)
+    old = _published_form(routing_, combo_T, modality_T, M, exclude, targets)
+    torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-6)
+    grads_new = torch.autograd.grad(new, (logits, load), retain_graph=True)
+    grads_old = torch.autograd.grad(old, (logits, load))
+    for a, b in zip(grads_new, grads_old):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
