@@ -33,7 +33,8 @@ def _fusion_flops(cfg: ModelConfig, schema: DataSchema) -> int:
     if cfg.ffn == "dense":
         ffn = 4 * N * D * (cfg.dense_hidden or cfg.moe.router.top_k * cfg.moe.hidden)
     else:
-        ffn = 2 * N * D * cfg.moe.num_experts + 4 * N * cfg.moe.router.top_k * D * cfg.moe.hidden
+        k = cfg.moe.router.top_k  # router scores, k experts' two products, the gate-weighted sum of k outputs
+        ffn = 2 * N * D * cfg.moe.num_experts + 4 * N * k * D * cfg.moe.hidden + 2 * N * k * D
     return flops + cfg.layers * (attention + ffn)
 
 
