@@ -24,20 +24,19 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from multimoe.allocator import retain_freed_memory
 from multimoe.config import Config, load_config
 from multimoe.data import build_table, prepare
 from multimoe.model import build_model, resolve
-from multimoe.train import _make_optimizer, epoch_order
+from multimoe.train import _make_optimizer, epoch_order, train_step
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "flexmoe.yaml"
 DEFAULTS = ["data.name=synthetic", "data.synthetic.modalities=4", "data.missing=mcar:0.3", "train.progress=false"]
 
 
 class Trainer:
-    """One model, its optimizer and its training data; ``epoch`` runs one training epoch as multimoe.train does."""
+    """One model, its optimizer and its training data; ``epoch`` runs one training epoch with multimoe.train's step."""
 
     def __init__(self, cfg: Config, splits, compiled: bool) -> None:
         self.cfg = cfg
@@ -58,11 +57,7 @@ class Trainer:
         order = epoch_order(self.epochs_run, self.num_present_N, t, self.cfg.seed)
         start = time.perf_counter()
         for batch in self.data.batches(t.batch_size, order):
-            out = self.model(batch)
-            loss = F.cross_entropy(out.logits_BC, batch.labels_B) + t.gate_loss_weight * out.aux_loss
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            train_step(self.model, self.optimizer, batch, t)
         self.epochs_run += 1
         return time.perf_counter() - start
 

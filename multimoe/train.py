@@ -9,6 +9,7 @@ A non-finite loss or gradient stops training with a message naming the step (gua
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import resource
@@ -105,6 +106,24 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+def train_step(model, optimizer, batch, t: TrainConfig, check=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: (modality dropout,) forward, task loss + weighted router loss, backward, gradient
+    norm (clipped when ``train.grad_clip`` > 0), ``check(loss, norm)`` before the update (the finite guard), update.
+    Returns the detached task and router losses."""
+    if t.modality_dropout > 0:
+        batch = batch.with_presence(drop_modalities(batch.present_BM, t.modality_dropout))
+    out = model(batch)
+    task_loss = F.cross_entropy(out.logits_BC, batch.labels_B)
+    loss = task_loss + t.gate_loss_weight * out.aux_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = grad_norm(model, t.grad_clip)
+    if check is not None:
+        check(loss, norm)
+    optimizer.step()
+    return task_loss.detach(), out.aux_loss.detach()
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -191,18 +210,10 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
             gate_sum = torch.zeros(())
             order = epoch_order(epoch, num_present_N, t, cfg.seed)
             for step, batch in enumerate(train_data.batches(t.batch_size, order)):
-                if t.modality_dropout > 0:
-                    batch = batch.with_presence(drop_modalities(batch.present_BM, t.modality_dropout))
-                batch = batch.to(device)
-                out = model(batch)
-                task_loss = F.cross_entropy(out.logits_BC, batch.labels_B)
-                loss = task_loss + t.gate_loss_weight * out.aux_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                guard.observe(epoch, step, loss, grad_norm(model, t.grad_clip))
-                optimizer.step()
-                task_sum += task_loss.detach().cpu()
-                gate_sum += out.aux_loss.detach().cpu()
+                check = functools.partial(guard.observe, epoch, step)
+                task_loss, aux_loss = train_step(model, optimizer, batch.to(device), t, check)
+                task_sum += task_loss.cpu()
+                gate_sum += aux_loss.cpu()
                 bar.update(1)
             guard.check()
             val = evaluate(model, splits.val, t.eval_batch_size, device)
