@@ -29,7 +29,9 @@ The last line printed is one JSON object: {"cases": [{"name", "E", "k", "D", "H"
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -192,7 +194,7 @@ def peak_memory(fn: Callable[[], None], inputs: dict, device: torch.device) -> f
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     try:  # the raw allocation events (private API); FunctionEvents count nested allocations twice
         events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -203,6 +205,21 @@ def peak_memory(fn: Callable[[], None], inputs: dict, device: torch.device) -> f
         held += nbytes
         peak = max(peak, held)
     return float(peak)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's start/stop lines, which its C++ side writes straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
 
 
 def run_case(case: Case, device: torch.device, reps: int, warmup: int) -> dict:

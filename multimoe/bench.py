@@ -239,8 +239,8 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
     todo = [c for c in sweep.cells() if c["key"] not in done]
     jobs = jobs or os.cpu_count() or 1
     started = time.time()
-    bar = tqdm(total=len(sweep.cells()), initial=len(done), desc=f"bench {sweep.name}", unit="cell",
-               disable=not progress)  # fmt: skip
+    total = len(sweep.cells())
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"bench {sweep.name}", unit="cell", disable=not progress)
     runs_dir = str(results_dir / "runs")
     if todo:
         ctx = multiprocessing.get_context("spawn")
