@@ -242,6 +242,7 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
     total = len(sweep.cells())
     bar = tqdm(total=total, initial=total - len(todo), desc=f"bench {sweep.name}", unit="cell", disable=not progress)
     runs_dir = str(results_dir / "runs")
+    done_now = 0
     if todo:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
@@ -256,14 +257,24 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
                     cell = pending.pop(fut)
                     record = {**cell, **fut.result()}
                     append_cell(results, record)
+                    done_now += 1
+                    _log_session(out_dir, started, done_now, jobs)  # a killed session still counts its time
                     bar.update(1)
                     status = record["status"] if record["status"] != "ok" else _brief(record["test"])
                     bar.set_postfix_str(f"{cell['method']} seed {cell['seed']}: {status}", refresh=True)
                     if record["status"] != "ok":
                         tqdm.write(f"cell {cell['key']} failed: {record['error']}")
     bar.close()
-    append_cell(
-        out_dir / "sessions.jsonl",
-        {"started": started, "seconds": time.time() - started, "cells_run": len(todo), "jobs": jobs},
-    )
+    _log_session(out_dir, started, done_now, jobs)
     return results
+
+
+def read_sessions(out_dir: str | Path) -> list[dict]:
+    """The sweep's sessions in order, each its last logged line: start time, seconds, cells run, workers."""
+    return list({s["started"]: s for s in read_cells(Path(out_dir) / "sessions.jsonl")}.values())
+
+
+def _log_session(out_dir: Path, started: float, cells_run: int, jobs: int) -> None:
+    """One line per finished cell and one at the end, so a killed session still counts; see read_sessions."""
+    record = {"started": started, "seconds": time.time() - started, "cells_run": cells_run, "jobs": jobs}
+    append_cell(out_dir / "sessions.jsonl", record)

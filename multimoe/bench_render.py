@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from multimoe.bench import Sweep, read_cells  # noqa: E402
+from multimoe.bench import Sweep, read_cells, read_sessions  # noqa: E402
 
 MARK = {"better": "▲", "worse": "▼", "within noise": "≈", "n/a": ""}
 
@@ -250,7 +250,7 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
             ["mean", "std", "count"]
         ).reset_index().to_csv(out_dir / "combinations.csv", index=False, float_format="%.5f")
         pngs += plot_combinations(combos, sweep, plots)
-    sessions = read_cells(out_dir / "sessions.jsonl")
+    sessions = read_sessions(out_dir)
     total = sum(s["seconds"] for s in sessions)
     expected = len(sweep.cells())
     lines = [
