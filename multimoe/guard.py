@@ -52,8 +52,12 @@ class FiniteGuard:
         loss, norm = self.first_values.tolist()
         epoch, step = divmod(first, self.steps_per_epoch)
         what = f"loss {loss}" if not torch.isfinite(torch.tensor(loss)) else f"gradient norm {norm} (loss {loss:.4g})"
+        kept = (
+            f"the checkpoints of epoch {epoch} (the last completed) are kept"
+            if epoch
+            else "no epoch had completed, so there is no checkpoint"
+        )
         raise NonFiniteError(
             f"non-finite {what} at epoch {epoch + 1}, step {step + 1} of {self.steps_per_epoch}: training stopped; "
-            "the checkpoints of the last completed epoch are kept. Lower train.lr, set train.grad_clip, or check "
-            "the input data"
+            f"{kept}. Lower train.lr, set train.grad_clip, or check the input data"
         )

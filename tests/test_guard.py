@@ -44,6 +44,7 @@ def test_non_finite_step_stops_training_naming_it(tmp_path, monkeypatch, kind):
     with pytest.raises(NonFiniteError, match=r"epoch 2, step 4 of 6") as info:
         train(tiny_config(tmp_path, "train.epochs=3"))
     assert ("loss nan" if kind == "loss" else "gradient norm nan") in str(info.value)
+    assert "the checkpoints of epoch 1 (the last completed) are kept" in str(info.value)
     (run_dir,) = tmp_path.iterdir()
     assert [json.loads(s)["epoch"] for s in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0]
     cfg, model = load_run(run_dir)  # the best checkpoint (epoch 1) is intact and loads
@@ -61,6 +62,7 @@ def test_cli_exits_2_on_divergence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "error: non-finite" in err and "epoch 1, step" in err and "Lower train.lr" in err
+    assert "no epoch had completed, so there is no checkpoint" in err
 
 
 def test_guard_records_the_first_bad_step_and_reads_it_later():
