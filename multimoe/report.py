@@ -27,6 +27,7 @@ from multimoe import report_figures as figs
 from multimoe.bank_similarity import bank_pairs, bank_rows, claim_frames, never_read_unchanged
 from multimoe.batch import combination_name
 from multimoe.checkpoint import atomic_write, read_meta
+from multimoe.data import Table
 from multimoe.evaluate import metrics_from_predictions, predict
 from multimoe.missing import BankFill
 from multimoe.model import build_model
@@ -147,7 +148,9 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def routing_report_frames(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, pd.DataFrame]:
+def routing_report_frames(
+    run_dir: str | Path, overrides: list[str] | None = None, table: Table | None = None
+) -> dict[str, pd.DataFrame]:
     """The routing report's statistics of a run's best model on its test split, as data frames:
 
     ``summary`` (item, value), ``metrics`` (accuracy, F1, AUC and sample counts per combination),
@@ -156,8 +159,9 @@ def routing_report_frames(run_dir: str | Path, overrides: list[str] | None = Non
     ``routing_combination`` / ``routing_modality`` (own-expert shares, router and usage entropy), ``load`` and
     ``load_balance`` (per expert; CV), ``bank_pairs`` / ``bank_claim`` / ``bank_by_shared`` / ``bank_rows``
     (Flex-MoE's bank similarity claim; empty without a bank), ``drift`` and ``epochs`` (per-epoch validation routing
-    and metrics from the run's logs). ``overrides`` as ``multimoe eval`` (e.g. ``data.missing=mcar:0.5``)."""
-    return report_frames(open_run(run_dir, overrides))
+    and metrics from the run's logs). ``overrides`` as ``multimoe eval`` (e.g. ``data.missing=mcar:0.5``); ``table``
+    for a run trained on an in-memory table."""
+    return report_frames(open_run(run_dir, overrides, table))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -505,10 +509,15 @@ def save_report(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> Path:
     return page
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, overrides: list[str] | None = None) -> Path:
+def write_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    table: Table | None = None,
+) -> Path:
     """The routing report of a run (see ``save_report``), in ``out_dir`` (default: ``RUN_DIR/report``, or
     ``RUN_DIR/report-<protocol>`` under another protocol); ``overrides`` as ``multimoe eval``. Returns the page."""
-    run = open_run(run_dir, overrides)
+    run = open_run(run_dir, overrides, table)
     if out_dir is None:
         same = run.missing == run.cfg.data.missing
         out_dir = run.run_dir / ("report" if same else f"report-{run.missing.replace(':', '')}")

@@ -10,7 +10,7 @@ import torch
 
 from multimoe.checkpoint import CheckpointError, atomic_write, load_checkpoint, read_meta
 from multimoe.config import Config, ConfigError, check_device, load_config, parse_overrides, to_dict
-from multimoe.data import DataSchema, Splits, build_table, parse_protocol, prepare
+from multimoe.data import DataSchema, Splits, Table, build_table, parse_protocol, prepare
 from multimoe.evaluate import evaluate
 from multimoe.model import SKLEARN_ARCHS, MultimodalMoE, build_model
 
@@ -48,10 +48,11 @@ class OpenRun:
     device: str
 
 
-def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> OpenRun:
+def open_run(run_dir: str | Path, overrides: list[str] | None = None, table: Table | None = None) -> OpenRun:
     """Load a run and rebuild its splits, optionally with another missingness protocol (``data.missing=...``) on
     the same test split; the preprocessing stays fit on the training split under the training protocol. Only the
-    keys in ``EVAL_KEYS`` may be overridden."""
+    keys in ``EVAL_KEYS`` may be overridden. A run trained on an in-memory table (``Table.from_frame``) needs that
+    table again as ``table``."""
     run_dir = Path(run_dir)
     over = parse_overrides(overrides or [])
     for section, keys in over.items():
@@ -67,7 +68,14 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> OpenRun
     device = check_device(str(t.get("device", cfg.train.device)))
     if t.get("threads"):
         torch.set_num_threads(int(t["threads"]))
-    splits = prepare(build_table(cfg.data), cfg.data, cfg.seed, eval_missing=eval_missing)
+    if table is None and read_meta(run_dir / "best.safetensors").get("in_memory_table"):
+        raise ConfigError(
+            f"run {run_dir} was trained on an in-memory table (Table.from_frame), which is not on disk: evaluate it "
+            "from Python with the same table, e.g. multimoe.runs.evaluate_run(run_dir, table=Table.from_frame(df, "
+            "...)), or train from a table file (data.spec=FILE.yaml) to use the command line"
+        )
+    table = table if table is not None else build_table(cfg.data)
+    splits = prepare(table, cfg.data, cfg.seed, eval_missing=eval_missing)
     if splits.schema != model.schema:
         raise CheckpointError(f"the data no longer matches run {run_dir}: {splits.schema} vs {model.schema}")
     model.to(device)
@@ -77,10 +85,10 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> OpenRun
     return OpenRun(run_dir, cfg, model, splits, eval_missing, batch_size, device)
 
 
-def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None, table: Table | None = None) -> dict:
     """Test metrics of a run's best model, optionally under another missingness protocol (``data.missing=...``)
     on the same test split; the preprocessing stays fit on the training split under the training protocol."""
-    run = open_run(run_dir, overrides)
+    run = open_run(run_dir, overrides, table)
     test = evaluate(run.model, run.splits.test, run.batch_size, run.device)
     result = {"run_dir": str(run.run_dir), "missing": run.missing, "train_missing": run.cfg.data.missing, "test": test}
     out = run.run_dir / f"eval-{run.missing.replace(':', '')}.json"

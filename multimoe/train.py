@@ -148,6 +148,7 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
         retain_freed_memory()  # no page faults on activations re-allocated every step (multimoe/allocator.py)
     if cfg.data.spec:  # the run folder must find the user's table again from anywhere (eval, report, resume)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, spec=str(Path(cfg.data.spec).resolve())))
+    in_memory = table is not None  # eval and report must then be handed the same table (runs.open_run)
     table = table if table is not None else build_table(cfg.data)
     splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)
     model_cfg, notes = resolve(cfg.model, splits.schema)
@@ -181,6 +182,7 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
         "schema": splits.schema.to_dict(),
         "multimoe_version": __version__,
         "select": t.select,
+        "in_memory_table": in_memory,
     }
     progress = resume.restore(run_dir, model, optimizer, meta) if t.resume else resume.Progress()
     if t.resume:
