@@ -25,6 +25,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: truncated, not a checkpoint, or from another configuration."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path = Path(path)
@@ -32,6 +38,7 @@ def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's permissions
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

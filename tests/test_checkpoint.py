@@ -1,6 +1,8 @@
 """Checkpoints: atomic writes, config and version inside, no code executed on load, clear errors on bad files."""
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +52,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, half_then_crash)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary file left behind
+
+
+def test_atomic_write_gives_the_file_normal_permissions(tmp_path):
+    path = tmp_path / "f.txt"
+    atomic_write(path, lambda tmp: Path(tmp).write_text("x"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
 
 
 def test_checkpoint_carries_the_resolved_config_and_the_version(run_dir):
