@@ -50,7 +50,7 @@ def model_costs(model: nn.Module, cfg: ModelConfig, schema: DataSchema) -> dict:
         if hasattr(module, "bank_CMPD"):  # a sample reads at most one combination's block
             inactive += module.bank_CMPD[1:].numel()
     if cfg.arch == "late_fusion":
-        flops = sum(_encoder_flops(cfg, f) + 2 * cfg.dim * schema.num_classes for f in schema.features)
+        flops = sum(_encoder_flops(cfg, f) + 2 * cfg.tokens * cfg.dim * schema.num_classes for f in schema.features)
     else:
         flops = _fusion_flops(cfg, schema)
     return {"parameters": total, "active_parameters": total - inactive, "flops_per_sample": flops}

@@ -128,8 +128,11 @@ class MultimodalMoE(nn.Module):
 
 
 class LateFusion(nn.Module):
-    """Late fusion: one classifier per modality (its encoder, the mean of its tokens, a linear head); the class
-    probabilities are averaged over the modalities a sample has. Trained end to end on the averaged prediction."""
+    """Late fusion: one classifier per modality (its encoder, a linear head on all its tokens); the class
+    probabilities are averaged over the modalities a sample has. Trained end to end on the averaged prediction.
+
+    The head reads the tokens concatenated, not their mean: with the patch-linear encoder (one linear map shared by
+    all chunks) the mean of the tokens is a linear map of the mean chunk, which throws away which feature is which."""
 
     def __init__(self, cfg: ModelConfig, schema: DataSchema) -> None:
         super().__init__()
@@ -137,13 +140,13 @@ class LateFusion(nn.Module):
         self.encoders = nn.ModuleDict(
             {m: build_encoder(f, cfg.tokens, cfg.dim, cfg.encoder) for m, f in zip(schema.modalities, schema.features)}
         )
-        self.heads = nn.ModuleDict({m: nn.Linear(cfg.dim, schema.num_classes) for m in schema.modalities})
+        self.heads = nn.ModuleDict({m: nn.Linear(cfg.tokens * cfg.dim, schema.num_classes) for m in schema.modalities})
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         logits_BMC = torch.stack(
             [
-                self.heads[m](self.drop(self.encoders[m](batch.inputs[m], batch.cell_missing[m]).mean(dim=1)))
+                self.heads[m](self.drop(self.encoders[m](batch.inputs[m], batch.cell_missing[m]).flatten(1)))
                 for m in self.schema.modalities
             ],
             dim=1,
