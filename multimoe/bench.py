@@ -27,6 +27,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -179,6 +180,20 @@ def append_cell(path: Path, record: dict) -> None:
 # Running one cell (in a worker process)
 
 
+def _die_with_parent() -> None:
+    """Worker start-up: on Linux, ask the kernel to kill this worker when the bench process dies (a killed bench
+    would otherwise leave its workers training cells whose results nobody records)."""
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the bench died before prctl took effect
+            os._exit(1)
+
+
 def run_cell(preset: str, overrides: dict, out_dir: str, threads: int, per_combination: bool) -> dict:
     """Train and test one cell; returns the record appended to cells.jsonl (errors are recorded, not raised)."""
     import torch
@@ -245,7 +260,9 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
     done_now = 0
     if todo:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per cell
+        pool_args = dict(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_die_with_parent, **fresh)
+        with ProcessPoolExecutor(**pool_args) as pool:
             pending = {}
             for cell in todo:
                 preset, over = sweep.cell_overrides(cell)

@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,49 @@ def test_killed_bench_loses_no_finished_cell(sweep_file, tmp_path):
     # the killed session's time still counts, up to its last finished cell
     killed, rerun = read_sessions(out / "tiny")
     assert 1 <= killed["cells_run"] <= len(finished) and rerun["cells_run"] == 4 - len(finished)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_workers_die_with_a_killed_bench(sweep_file, tmp_path):
+    """Killing only the bench process (not its group) must not leave workers training cells nobody records."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    sweep_file.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochs: 100000"))  # busy workers
+    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(tmp_path / "out"), "--jobs", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and not workers:
+        time.sleep(0.1)
+        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        workers = [k for k in kids if b"spawn_main" in _cmdline(k)]  # not the resource tracker
+    assert workers, "the bench should have started a worker"
+    time.sleep(3)  # the worker is now inside its (endless) cell, not waiting for one
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    alive = workers
+    while time.time() < deadline and alive:
+        time.sleep(0.1)
+        alive = [w for w in alive if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+    for w in alive:  # do not leave them running if the assertion fails
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "workers outlived the bench"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
