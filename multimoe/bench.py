@@ -145,9 +145,10 @@ def _yaml_scalar(value) -> str:
 # The results file: one JSON line per finished cell, appended by one writer; a torn last line is repaired.
 
 
-def read_cells(path: Path, repair: bool = False) -> list[dict]:
+def read_cells(path: str | Path, repair: bool = False) -> list[dict]:
     """Finished cells in ``path``. A final line cut short by a kill (no newline) is ignored, and cut off when
     ``repair``; an unreadable complete line is skipped."""
+    path = Path(path)
     if not path.is_file():
         return []
     data = path.read_bytes()
