@@ -28,14 +28,18 @@ EPS = 1e-10
 
 
 def cv_squared(v_GE: Tensor, keep_GE: Tensor | None = None) -> Tensor:
-    """Squared coefficient of variation per row, Var/Mean² (unbiased variance, as Shazeer's reference), over the
-    kept entries; 0 for rows with fewer than two kept entries or all zeros."""
+    """Squared coefficient of variation over the last dimension, Var/Mean² (unbiased variance, as Shazeer's
+    reference), over the kept entries (``keep_GE`` broadcasts against ``v_GE``); 0 for rows with fewer than two
+    kept entries or all zeros."""
     if keep_GE is None:
-        keep_GE = torch.ones_like(v_GE, dtype=torch.bool)
-    keep = keep_GE.to(v_GE.dtype).expand_as(v_GE)
-    n = keep.sum(dim=1)
-    mean = (v_GE * keep).sum(dim=1) / n.clamp(min=1)
-    var = (((v_GE - mean[:, None]) ** 2) * keep).sum(dim=1) / (n - 1).clamp(min=1)
+        n = v_GE.shape[-1]
+        if n < 2:
+            return v_GE.new_zeros(v_GE.shape[:-1])
+        return v_GE.var(dim=-1) / (v_GE.mean(dim=-1) ** 2 + EPS)
+    keep = keep_GE.to(v_GE.dtype)
+    n = keep.sum(dim=-1)
+    mean = (v_GE * keep).sum(dim=-1) / n.clamp(min=1)
+    var = (((v_GE - mean.unsqueeze(-1)) ** 2) * keep).sum(dim=-1) / (n - 1).clamp(min=1)
     return torch.where(n > 1, var / (mean**2 + EPS), torch.zeros_like(var))
 
 
@@ -111,7 +115,6 @@ def gate_loss(
         raise ValueError("combination supervision needs the combination -> expert targets")
     E = routing.logits_TE.shape[1]
     full_T = combo_T == 0
-    partial_T = ~full_T
 
     # All balance terms in one grouped pass (each token belongs to exactly one group, so this is the per-group
     # masked sum of the published per-modality calls, with far fewer kernels): groups [0, M) hold the
@@ -119,32 +122,49 @@ def gate_loss(
     # hold the partial tokens, by (modality, combination) for "own", by modality for "expert0" (specialization).
     if exclude == "own":
         C = targets_C.shape[0]
-        partial_group_T = modality_T * C + combo_T
-        keep_PE = torch.arange(E, device=combo_T.device)[None, :] != targets_C.repeat(M)[:, None]
+        group_T = torch.where(full_T, modality_T, M + modality_T * C + combo_T)
     elif exclude == "expert0":
-        partial_group_T = modality_T
-        keep_PE = (torch.arange(E, device=combo_T.device) != 0)[None, :].expand(M, E)
+        group_T = torch.where(full_T, modality_T, M + modality_T)
     else:
         raise ValueError(f"unknown balance_exclude {exclude!r}; choose own or expert0")
-    G = M + keep_PE.shape[0]
-    group_T = torch.where(full_T, modality_T, M + partial_group_T)
-    keep_GE = torch.cat([keep_PE.new_ones(M, E), keep_PE])
-    importance_GE = group_sum(routing.dense_weights(), group_T, G)
-    load_GE = group_sum(routing.load_TE, group_T, G)
-    cv_2G = cv_squared(torch.cat([importance_GE, load_GE]), keep_GE.repeat(2, 1))
-    balance_G = cv_2G[:G] + cv_2G[G:]
+    keep_G1E = _balance_keep(exclude, M, E, targets_C)
+    # importance (gate weights) and load side by side: one grouped sum, one cv² for both
+    stats_TE2 = torch.stack([routing.dense_weights(), routing.load_TE], dim=2)
+    stats_G2E = group_sum(stats_TE2.view(-1, 2 * E), group_T, keep_G1E.shape[0]).view(-1, E, 2).transpose(1, 2)
+    balance_G = cv_squared(stats_G2E, keep_G1E).sum(dim=1)
 
     # generalization: full-modality tokens, balance over all experts
     loss = balance_G[:M].sum()
 
     # specialization: cross-entropy to the combination's expert (mean over partial tokens, per modality)
-    ce_T = F.cross_entropy(routing.logits_TE, targets_C[combo_T], reduction="none")
-    n_partial = partial_T.sum()
-    loss = loss + M * (ce_T * partial_T).sum() / n_partial.clamp(min=1)
+    ce_sum = F.cross_entropy(routing.logits_TE, torch.where(full_T, -100, targets_C[combo_T]), reduction="sum")
+    loss = loss + M * ce_sum / (~full_T).sum().clamp(min=1)
 
     if exclude == "expert0":
         return loss + balance_G[M:].sum()
-    counts_G = count(group_T, G)[M:]  # partial tokens per (modality, combination)
-    has_MC = (counts_G > 0).view(M, C).to(balance_G.dtype)
+    # mean over the (modality, combination) groups that have tokens: every token's gate weights sum to 1, so a
+    # group's importance sums to its token count
+    has_MC = (stats_G2E[M:, 0].detach().sum(dim=1) > 0.5).view(M, C).to(balance_G.dtype)
     per_modality = (balance_G[M:].view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)
     return loss + per_modality.sum()
+
+
+_KEEP_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _balance_keep(exclude: str, M: int, E: int, targets_C: Tensor) -> Tensor:
+    """(G, 1, E) float mask of the experts each group's balance runs over: all for the M full-modality groups;
+    for partial tokens all but the combination's own expert ("own", M * C groups) or all but expert 0 ("expert0",
+    M groups). The same every step: cached per targets tensor (held by the cache, so its id stays unique)."""
+    key = (exclude, M, E, id(targets_C))
+    hit = _KEEP_CACHE.get(key)
+    if hit is not None:
+        return hit[1]
+    experts_E = torch.arange(E, device=targets_C.device)
+    if exclude == "own":
+        partial_PE = experts_E[None, :] != targets_C.repeat(M)[:, None]
+    else:
+        partial_PE = (experts_E != 0)[None, :].expand(M, E)
+    keep_G1E = torch.cat([partial_PE.new_ones(M, E), partial_PE]).float()[:, None, :]
+    _KEEP_CACHE[key] = (targets_C, keep_G1E)
+    return keep_G1E

@@ -10,9 +10,10 @@ are dropped and contribute nothing. On CPU this index arithmetic runs in numpy (
 
 Compute: one autograd Function per path with a hand-written backward: gather the tokens into rows grouped by
 expert, run each expert (Linear -> GELU -> Linear) on its rows, gather each token's k outputs back and combine
-them with the gate weights in one batched product (no scatter in the forward). The backward runs the same products
-transposed, frees each intermediate as soon as it is used (peak memory close to a dense FFN's) and never indexes a
-stacked weight under autograd (which would build a full-size gradient per expert). The paths differ in how the
+them with the gate weights in one batched product. The backward runs the same products transposed, sums each
+token's k input-gradient rows by the same gather (no scatter anywhere), frees each intermediate as soon as it is
+used (peak memory close to a dense FFN's) and never indexes a stacked weight under autograd (which would build a
+full-size gradient per expert). The paths differ in how the
 per-expert products run; ``choose_path`` picks one per call, ``benchmarks/moe_layer.py`` measures them all:
 - ``padded`` (the default): experts padded to a common width chosen per call (``padded_width``), one batched
   product (``bmm``, bias inside) for all of them plus one product per expert that overflows the width. On 2 CPU
@@ -324,7 +325,7 @@ class _ExpertFFN(torch.autograd.Function):
         grad_x_TD = None
         if ctx.needs_input_grad[0]:
             dxs_RD = _input_grad(dpre_RH, w1_EDH, plan, path)
-            grad_x_TD = torch.zeros_like(x_TD).index_add_(0, plan.token_R, dxs_RD)
+            grad_x_TD = _sum_rows(dxs_RD, plan.row_TK, plan.keep_TK)
             del dxs_RD
         dw1_EDH = _weight_grad(ctx.xs_RD, dpre_RH, E, plan, path)
         ctx.xs_RD = None
@@ -337,6 +338,16 @@ def _combine(y_ND: Tensor, row_TK: Tensor, gates_TK: Tensor, keep_TK: Tensor | N
     y_TKD = y_ND.index_select(0, row_TK.view(-1)).view(T, K, y_ND.shape[1])
     mixing_TK = gates_TK if keep_TK is None else gates_TK * keep_TK
     return torch.bmm(mixing_TK.unsqueeze(1).to(y_TKD.dtype), y_TKD).squeeze(1), y_TKD
+
+
+def _sum_rows(g_ND: Tensor, row_TK: Tensor, keep_TK: Tensor | None) -> Tensor:
+    """Per token: the sum of the rows of its kept (token, slot) pairs. A gather and a sum over the K slots, not an
+    ``index_add`` over the rows: the same values, ~3x faster on CPU (its scatter runs serially)."""
+    T, K = row_TK.shape
+    g_TKD = g_ND.index_select(0, row_TK.view(-1)).view(T, K, g_ND.shape[1])
+    if keep_TK is not None:
+        g_TKD = g_TKD * keep_TK.unsqueeze(2).to(g_TKD.dtype)
+    return g_TKD.sum(dim=1)
 
 
 def _gates_grad(y_TKD: Tensor, grad_TD: Tensor, gates_TK: Tensor, keep_TK: Tensor | None) -> Tensor:
@@ -440,7 +451,7 @@ class _PaddedExpertFFN(torch.autograd.Function):
         grad_x_TD = None
         if ctx.needs_input_grad[0]:
             dxs_PD = _padded_input_grad(dpre_PH, w1_EDH, pad)
-            grad_x_TD = torch.zeros_like(x_TD).index_add_(0, pad.source_P, dxs_PD)  # padding rows add exact zeros
+            grad_x_TD = _sum_rows(dxs_PD, pad.row_TK, ctx.keep_TK)
             del dxs_PD
         dw1_EDH, db1_EH = _padded_weight_grads(ctx.xs_PD, dpre_PH, pad)
         ctx.xs_PD = None

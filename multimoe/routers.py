@@ -85,20 +85,21 @@ class Router(nn.Module):
         T = scores_GTE.shape[1]
         return scores_GTE[modality_T, torch.arange(T, device=modality_T.device)]
 
-    def _to_global(self, logits_TP: Tensor, modality_T: Tensor) -> tuple[Tensor, Tensor]:
-        """Pool-local scores -> scores over all experts (-inf outside the token's pool) and the pool offset."""
+    def _to_global(self, values_TP: Tensor, modality_T: Tensor, fill: float = float("-inf")) -> Tensor:
+        """Pool-local values -> values over all experts (``fill`` outside the token's pool)."""
         if self.layout != "disjoint":
-            return logits_TP, torch.zeros_like(modality_T)
-        offset_T = modality_T * self.pool
-        cols_TP = offset_T[:, None] + torch.arange(self.pool, device=offset_T.device)
-        full = logits_TP.new_full((logits_TP.shape[0], self.num_experts), float("-inf"))
-        return full.scatter(1, cols_TP, logits_TP), offset_T
+            return values_TP
+        cols_TP = (modality_T * self.pool)[:, None] + torch.arange(self.pool, device=modality_T.device)
+        return values_TP.new_full((values_TP.shape[0], self.num_experts), fill).scatter(1, cols_TP, values_TP)
+
+    def _global_ids(self, local_ids_TK: Tensor, modality_T: Tensor) -> Tensor:
+        return local_ids_TK if self.layout != "disjoint" else local_ids_TK + (modality_T * self.pool)[:, None]
 
     def forward(self, x_TD: Tensor, modality_T: Tensor) -> Routing:
         logits_TP = self._select(self.scores(x_TD, self.weight_GED), modality_T)
         top_vals_TK, local_ids_TK = logits_TP.topk(self.top_k, dim=1)
-        logits_TE, offset_T = self._to_global(logits_TP, modality_T)
-        ids_TK = local_ids_TK + offset_T[:, None]
+        logits_TE = self._to_global(logits_TP, modality_T)
+        ids_TK = self._global_ids(local_ids_TK, modality_T)
         load = _indicator_load(ids_TK, self.num_experts, logits_TE)
         return Routing(top_vals_TK.softmax(dim=1), ids_TK, logits_TE, load)
 
@@ -147,9 +148,9 @@ class NoisyTopK(Router):
             load_TP = _prob_in_top_k(clean_TP, noisy_TP, std_TP, top_vals, self.top_k)
         else:
             load_TP = torch.ones_like(clean_TP)
-        logits_TE, offset_T = self._to_global(noisy_TP, modality_T)
-        load_TE = self._to_global(load_TP, modality_T)[0].nan_to_num(neginf=0.0)
-        ids_TK = top_ids[:, : self.top_k] + offset_T[:, None]
+        logits_TE = self._to_global(noisy_TP, modality_T)
+        load_TE = self._to_global(load_TP, modality_T, fill=0.0)
+        ids_TK = self._global_ids(top_ids[:, : self.top_k], modality_T)
         return Routing(top_vals[:, : self.top_k].softmax(dim=1), ids_TK, logits_TE, load_TE)
 
 
