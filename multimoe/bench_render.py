@@ -286,8 +286,9 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         "",
         *[f"![{p.stem}](plots/{p.name})" for p in pngs],
         "",
-        "Full statistics (every metric, 95 % CIs, paired differences and p-values): `summary.csv`; per-combination "
-        "results: `combinations.csv`; raw per-cell records: `cells.jsonl`.",
+        "Full statistics (every metric, 95 % CIs, paired differences and p-values): `summary.csv`; "
+        + ("per-combination results: `combinations.csv`; " if not combos.empty else "")
+        + "raw per-cell records (every sweep's): `../cells.jsonl`.",
         "",
     ]
     readme = out_dir / "README.md"
