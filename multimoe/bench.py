@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from multimoe.config import ConfigError, load_config, to_dict
+from multimoe.config import ConfigError, load_config, load_yaml, to_dict
 
 SWEEP_KEYS = ("name", "description", "seeds", "reference", "budget", "common", "methods", "grid", "per_combination")
 
@@ -92,7 +92,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist (sweeps live in configs/sweeps/)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
     unknown = sorted(set(raw) - set(SWEEP_KEYS))

@@ -218,7 +218,7 @@ def parse_overrides(items: list[str]) -> dict:
             raise ConfigError(f"override '{item}' is not key=value (e.g. model.moe.router.top_k=2)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key.strip(), value)
@@ -239,6 +239,26 @@ def config_from_dict(values: dict) -> Config:
     return cfg
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error (PyYAML keeps the last one
+    silently: a spec listing a modality twice would lose the first list of columns)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(problem=f"duplicate key {key!r} (line {line}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
     """A preset's values; a top-level ``base: other.yaml`` (relative to the file) is loaded first and overlaid."""
     path = Path(path)
@@ -247,7 +267,7 @@ def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"config file {path} inherits from itself through 'base'")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(values, dict):

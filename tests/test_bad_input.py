@@ -87,6 +87,14 @@ CASES = {
     "spec names a CSV": (lambda t: table(t, good_frame())[:0] + [f"data.spec={t / 't.csv'}"], ["t.csv", "YAML spec"]),
     "spec with an unknown key": (lambda t: table(t, good_frame(), SPEC + "lable: y\n"), ["'lable'", "valid keys"]),
     "spec without a label": (lambda t: table(t, good_frame(), "path: t.csv\nmodalities: {a: [a1]}\n"), ["'label'"]),
+    "spec naming a modality twice": (
+        lambda t: table(t, good_frame(), SPEC + "  a: [b1]\n"),
+        ["spec.yaml", "duplicate key 'a'", "line 6"],
+    ),
+    "config file with a key twice": (
+        lambda t: ["--config-file", "twice.yaml", "seed: 1\nseed: 2\n"],
+        ["twice.yaml", "duplicate key 'seed'"],
+    ),
     "table file missing": (lambda t: table(t), ["t.csv", "does not exist"]),
     "table file empty": (lambda t: table(t, ""), ["t.csv", "empty"]),
     "header but no rows": (lambda t: table(t, "a1,a2,b1,y\n"), ["t.csv", "no data rows"]),

@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from multimoe.config import load_yaml
+
 
 class DataError(ValueError):
     """Input data that cannot be used as given; the message names the file, column or row and what to do."""
@@ -170,7 +172,7 @@ def load_spec(spec_path: str | Path) -> Table:
             f"path: {spec_path.name}, label: <column>, modalities: {{name: [columns]}}"
         )
     try:
-        spec = yaml.safe_load(spec_path.read_text())
+        spec = load_yaml(spec_path.read_text())
     except yaml.YAMLError as e:
         raise DataError(f"table spec {spec_path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(spec, dict):
