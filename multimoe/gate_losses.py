@@ -128,9 +128,10 @@ def gate_loss(
     else:
         raise ValueError(f"unknown balance_exclude {exclude!r}; choose own or expert0")
     keep_G1E = _balance_keep(exclude, M, E, targets_C)
+    G = keep_G1E.shape[0]
     # importance (gate weights) and load side by side: one grouped sum, one cv² for both
     stats_TE2 = torch.stack([routing.dense_weights(), routing.load_TE], dim=2)
-    stats_G2E = group_sum(stats_TE2.view(-1, 2 * E), group_T, keep_G1E.shape[0]).view(-1, E, 2).transpose(1, 2)
+    stats_G2E = group_sum(stats_TE2.view(-1, 2 * E), group_T, G).view(-1, E, 2).transpose(1, 2)
     balance_G = cv_squared(stats_G2E, keep_G1E).sum(dim=1)
 
     # generalization: full-modality tokens, balance over all experts
@@ -142,29 +143,18 @@ def gate_loss(
 
     if exclude == "expert0":
         return loss + balance_G[M:].sum()
-    # mean over the (modality, combination) groups that have tokens: every token's gate weights sum to 1, so a
-    # group's importance sums to its token count
-    has_MC = (stats_G2E[M:, 0].detach().sum(dim=1) > 0.5).view(M, C).to(balance_G.dtype)
+    has_MC = (count(group_T, G)[M:] > 0).view(M, C).to(balance_G.dtype)  # (modality, combination) groups present
     per_modality = (balance_G[M:].view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)
     return loss + per_modality.sum()
-
-
-_KEEP_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
 def _balance_keep(exclude: str, M: int, E: int, targets_C: Tensor) -> Tensor:
     """(G, 1, E) float mask of the experts each group's balance runs over: all for the M full-modality groups;
     for partial tokens all but the combination's own expert ("own", M * C groups) or all but expert 0 ("expert0",
-    M groups). The same every step: cached per targets tensor (held by the cache, so its id stays unique)."""
-    key = (exclude, M, E, id(targets_C))
-    hit = _KEEP_CACHE.get(key)
-    if hit is not None:
-        return hit[1]
+    M groups)."""
     experts_E = torch.arange(E, device=targets_C.device)
     if exclude == "own":
         partial_PE = experts_E[None, :] != targets_C.repeat(M)[:, None]
     else:
         partial_PE = (experts_E != 0)[None, :].expand(M, E)
-    keep_G1E = torch.cat([partial_PE.new_ones(M, E), partial_PE]).float()[:, None, :]
-    _KEEP_CACHE[key] = (targets_C, keep_G1E)
-    return keep_G1E
+    return torch.cat([partial_PE.new_ones(M, E), partial_PE]).float()[:, None, :]

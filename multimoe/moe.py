@@ -13,8 +13,8 @@ expert, run each expert (Linear -> GELU -> Linear) on its rows, gather each toke
 them with the gate weights in one batched product. The backward runs the same products transposed, sums each
 token's k input-gradient rows by the same gather (no scatter anywhere), frees each intermediate as soon as it is
 used (peak memory close to a dense FFN's) and never indexes a stacked weight under autograd (which would build a
-full-size gradient per expert). The paths differ in how the
-per-expert products run; ``choose_path`` picks one per call, ``benchmarks/moe_layer.py`` measures them all:
+full-size gradient per expert). The paths differ in how the per-expert products run; ``choose_path`` picks one per
+call, ``benchmarks/moe_layer.py`` measures them all:
 - ``padded`` (the default): experts padded to a common width chosen per call (``padded_width``), one batched
   product (``bmm``, bias inside) for all of them plus one product per expert that overflows the width. On 2 CPU
   threads a batched product runs each expert's GEMM whole on one thread, at a dense GEMM's speed;
