@@ -311,6 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc policy as it is (see below)")
     args = p.parse_args(argv)
+    if args.reps < 5:
+        p.error(f"--reps {args.reps}: medians need at least 5 repetitions")
+    unknown = sorted(set(args.only) - {c.name for c in CASES})
+    if unknown:
+        p.error(f"unknown case {', '.join(unknown)}; the cases are {', '.join(c.name for c in CASES)}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     retained = device.type == "cpu" and not args.system_malloc and retain_freed_memory()

@@ -1,0 +1,61 @@
+"""The two benchmark scripts run end to end on tiny inputs and end with the JSON line the engine issue specifies.
+Structure only: timings are never asserted (they belong to the benchmark runs, on a quiet machine)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multimoe.moe import PATHS
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_moe_layer_benchmark_prints_every_case_and_the_json_line():
+    proc = run(
+        "moe_layer.py", "--only", "flexmoe-batch", "--shape", "4,2,16,32,40,skewed", "--reps", "5", "--warmup", "1"
+    )
+    cases = last_json(proc)["cases"]
+    assert [c["name"] for c in cases] == ["flexmoe-batch", "E4-k2-D16-H32-T40-skewed"]
+    for c in cases:
+        assert c["path"] in PATHS
+        for key in ("fraction_of_limit", "speedup_vs_eager_loop", "speedup_vs_sorted", "peak_mem_over_limit"):
+            assert c[key] > 0, key
+    assert (cases[0]["E"], cases[0]["k"], cases[0]["D"], cases[0]["H"], cases[0]["T"]) == (16, 4, 128, 256, 512)
+    assert "summary" in proc.stdout
+
+
+def test_train_throughput_benchmark_ends_with_the_ratio():
+    proc = run("train_throughput.py", "--epochs", "5", "data.synthetic.samples=120")
+    result = last_json(proc)
+    rate = result["samples_per_second"]
+    assert set(rate) == {"flexmoe", "dense"} and min(rate.values()) > 0
+    assert result["flexmoe_over_dense"] == pytest.approx(rate["flexmoe"] / rate["dense"], abs=1e-3)
+    spread = result["flexmoe_over_dense_per_round"]
+    assert 0 < spread["min"] <= spread["max"]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("moe_layer.py", ["--reps", "3"], "at least 5 repetitions"),
+        ("moe_layer.py", ["--only", "flexmoe-btach"], "unknown case flexmoe-btach"),
+        ("train_throughput.py", ["--epochs", "2"], "at least 5 epochs"),
+    ],
+)
+def test_benchmarks_reject_bad_arguments(script, args, message):
+    proc = run(script, *args)
+    assert proc.returncode == 2 and message in proc.stderr
