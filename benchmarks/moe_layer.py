@@ -20,7 +20,11 @@ parameter-gradient bytes, which isolates the memory the dispatch itself costs.
 
     python benchmarks/moe_layer.py                       # the five cases, 2 threads
     python benchmarks/moe_layer.py --shape 32,2,256,1024,2048 --shape 16,4,128,256,6144,skewed
+    python benchmarks/moe_layer.py --only flexmoe-batch --shape 16,4,128,256,512,balanced   # routing cost
     python benchmarks/moe_layer.py --device cuda
+
+Extra shapes route randomly (top-k of Gaussian scores, as the named cases), ``skewed`` (every token's top-1 is
+expert 0) or ``balanced`` (every expert gets exactly T*K/E rows: the layer without routing imbalance).
 
 The last line printed is one JSON object: {"cases": [{"name", "E", "k", "D", "H", "T", "path",
 "fraction_of_limit", "speedup_vs_eager_loop", "speedup_vs_sorted", "peak_mem_over_limit", ...}, ...]}.
@@ -54,7 +58,7 @@ class Case:
     D: int
     H: int
     T: int
-    skewed: bool = False
+    routing: str = "random"  # random top-k | skewed (every top-1 is expert 0) | balanced (exactly T*k/E each)
 
 
 CASES = [
@@ -62,7 +66,7 @@ CASES = [
     Case("flexmoe-large-batch", 16, 4, 128, 256, 6144),
     Case("wide", 8, 2, 512, 2048, 4096),
     Case("many-experts", 64, 2, 256, 512, 4096),
-    Case("skewed", 16, 4, 128, 256, 6144, skewed=True),  # every token's top-1 is expert 0
+    Case("skewed", 16, 4, 128, 256, 6144, routing="skewed"),  # every token's top-1 is expert 0
 ]
 
 
@@ -108,9 +112,11 @@ def make_inputs(case: Case, device: torch.device, seed: int = 0) -> dict:
         return (torch.randn(*shape, generator=g) * scale).to(device).requires_grad_()
 
     logits_TE = torch.randn(T, E, generator=g)
-    if case.skewed:
+    if case.routing == "skewed":
         logits_TE[:, 0] += 100.0
     top_TK, ids_TK = logits_TE.topk(K, dim=1)
+    if case.routing == "balanced":  # token t's slot j -> expert (t * k + j) mod E: distinct per token, equal counts
+        ids_TK = (torch.arange(T)[:, None] * K + torch.arange(K)[None, :]) % E
     moe = {
         "x_TD": leaf(T, D, scale=1.0),
         "ids_TK": ids_TK.to(device),
@@ -261,7 +267,7 @@ def run_case(case: Case, device: torch.device, reps: int, warmup: int) -> dict:
         "D": case.D,
         "H": case.H,
         "T": case.T,
-        "skewed": case.skewed,
+        "routing": case.routing,
         "rows_per_expert_max_over_mean": round(float(counts.max()) / float(counts.float().mean()), 2),
         "path": path,
         "fraction_of_limit": round(limit / engine, 3),
@@ -275,10 +281,10 @@ def run_case(case: Case, device: torch.device, reps: int, warmup: int) -> dict:
 
 def format_case(result: dict) -> str:
     c = result
+    routing = "" if c["routing"] == "random" else f" ({c['routing']})"
     head = (
-        f"{c['name']}: E={c['E']} k={c['k']} D={c['D']} H={c['H']} T={c['T']}"
-        f"{' (skewed)' if c['skewed'] else ''}  largest expert {c['rows_per_expert_max_over_mean']}x the mean;"
-        f"  engine path: {c['path']}"
+        f"{c['name']}: E={c['E']} k={c['k']} D={c['D']} H={c['H']} T={c['T']}{routing}"
+        f"  largest expert {c['rows_per_expert_max_over_mean']}x the mean;  engine path: {c['path']}"
     )
     lines = [head, f"  {'method':<30} {'median ms':>10} {'of limit':>9} {'engine x':>9} {'peak MB':>8} {'mem/lim':>8}"]
     for r in c["table"]:
@@ -291,19 +297,28 @@ def format_case(result: dict) -> str:
     return "\n".join(lines)
 
 
+ROUTINGS = ("random", "skewed", "balanced")
+
+
 def parse_shape(text: str) -> Case:
     parts = text.split(",")
-    skewed = parts[-1] == "skewed"
-    nums = [int(p) for p in (parts[:-1] if skewed else parts)]
-    if len(nums) != 5:
-        raise argparse.ArgumentTypeError(f"--shape wants E,k,D,H,T[,skewed], got {text!r}")
-    E, k, D, H, T = nums
-    return Case(f"E{E}-k{k}-D{D}-H{H}-T{T}{'-skewed' if skewed else ''}", E, k, D, H, T, skewed)
+    routing = parts.pop() if parts[-1] in ROUTINGS else "random"
+    try:
+        E, k, D, H, T = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--shape wants E,k,D,H,T[,{'|'.join(ROUTINGS)}] with k <= E, got {text!r}"
+        ) from None
+    if not 1 <= k <= E or min(D, H, T) < 1:
+        raise argparse.ArgumentTypeError(f"--shape wants positive sizes and 1 <= k <= E, got {text!r}")
+    return Case(f"E{E}-k{k}-D{D}-H{H}-T{T}{'' if routing == 'random' else '-' + routing}", E, k, D, H, T, routing)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", action="append", type=parse_shape, default=[], help="extra case E,k,D,H,T[,skewed]")
+    p.add_argument(
+        "--shape", action="append", type=parse_shape, default=[], help="extra case E,k,D,H,T[,skewed|balanced]"
+    )
     p.add_argument("--only", action="append", default=[], help="run only these named cases (and --shape ones)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions per method (median; >= 5)")
@@ -332,12 +347,13 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
     print("\nsummary")
     columns = f"{'of limit':>9} {'vs eager':>9} {'vs sorted':>10} {'mem/lim':>8} {'same grads':>10}"
-    print(f"  {'case':<22} {'path':<8} {columns}")
+    width = max([22] + [len(r["name"]) for r in results])
+    print(f"  {'case':<{width}} {'path':<8} {columns}")
     for r in results:
         mem = "-" if r["peak_mem_over_limit"] is None else f"{r['peak_mem_over_limit']:.2f}"
         same = "-" if r["peak_mem_over_limit_same_grads"] is None else f"{r['peak_mem_over_limit_same_grads']:.2f}"
         print(
-            f"  {r['name']:<22} {r['path']:<8} {r['fraction_of_limit']:>9.2f} {r['speedup_vs_eager_loop']:>9.2f}"
+            f"  {r['name']:<{width}} {r['path']:<8} {r['fraction_of_limit']:>9.2f} {r['speedup_vs_eager_loop']:>9.2f}"
             f" {r['speedup_vs_sorted']:>10.2f} {mem:>8} {same:>10}"
         )
     summary = [{k: v for k, v in r.items() if k != "table"} for r in results]

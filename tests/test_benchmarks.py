@@ -26,10 +26,21 @@ def last_json(proc: subprocess.CompletedProcess) -> dict:
 
 def test_moe_layer_benchmark_prints_every_case_and_the_json_line():
     proc = run(
-        "moe_layer.py", "--only", "flexmoe-batch", "--shape", "4,2,16,32,40,skewed", "--reps", "5", "--warmup", "1"
+        "moe_layer.py",
+        "--only",
+        "flexmoe-batch",
+        "--shape",
+        "4,2,16,32,40,skewed",
+        "--shape",
+        "4,2,16,32,40,balanced",
+        "--reps",
+        "5",
+        "--warmup",
+        "1",
     )
     cases = last_json(proc)["cases"]
-    assert [c["name"] for c in cases] == ["flexmoe-batch", "E4-k2-D16-H32-T40-skewed"]
+    assert [c["name"] for c in cases] == ["flexmoe-batch", "E4-k2-D16-H32-T40-skewed", "E4-k2-D16-H32-T40-balanced"]
+    assert cases[2]["rows_per_expert_max_over_mean"] == 1.0  # balanced: 20 rows per expert
     for c in cases:
         assert c["path"] in PATHS
         for key in ("fraction_of_limit", "speedup_vs_eager_loop", "speedup_vs_sorted", "peak_mem_over_limit"):
@@ -53,6 +64,8 @@ def test_train_throughput_benchmark_ends_with_the_ratio():
     [
         ("moe_layer.py", ["--reps", "3"], "at least 5 repetitions"),
         ("moe_layer.py", ["--only", "flexmoe-btach"], "unknown case flexmoe-btach"),
+        ("moe_layer.py", ["--shape", "4,8,16,32,40"], "1 <= k <= E"),
+        ("moe_layer.py", ["--shape", "4,2,16,32"], "E,k,D,H,T"),
         ("train_throughput.py", ["--epochs", "2"], "at least 5 epochs"),
     ],
 )
