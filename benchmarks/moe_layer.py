@@ -306,9 +306,7 @@ def parse_shape(text: str) -> Case:
     try:
         E, k, D, H, T = (int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--shape wants E,k,D,H,T[,{'|'.join(ROUTINGS)}] with k <= E, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"--shape wants E,k,D,H,T[,{'|'.join(ROUTINGS)}], got {text!r}") from None
     if not 1 <= k <= E or min(D, H, T) < 1:
         raise argparse.ArgumentTypeError(f"--shape wants positive sizes and 1 <= k <= E, got {text!r}")
     return Case(f"E{E}-k{k}-D{D}-H{H}-T{T}{'' if routing == 'random' else '-' + routing}", E, k, D, H, T, routing)

@@ -147,10 +147,10 @@ def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
     """Per dataset and method: parameters, active parameters, forward MFLOPs per sample, median training time."""
     lines = ["| dataset | method | parameters | active parameters | MFLOPs / sample | train s (median) | epochs |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    datasets = list(dict.fromkeys(frame.dataset))  # the grid's order, then the sweep's method order
+    grid = {d: i for i, d in enumerate(dict.fromkeys(frame.dataset))}  # the grid's order, then the sweep's methods
     order = {m: i for i, m in enumerate(sweep.methods)}
     groups = frame.groupby(["dataset", "method"], sort=False)
-    for (dataset, method), g in sorted(groups, key=lambda kv: (datasets.index(kv[0][0]), order.get(kv[0][1], 0))):
+    for (dataset, method), g in sorted(groups, key=lambda kv: (grid[kv[0][0]], order.get(kv[0][1], 0))):
         flops = g.flops_per_sample.iloc[0]
         lines.append(
             f"| {dataset} | {method} | {int(g.parameters.iloc[0]):,} | {int(g.active_parameters.iloc[0]):,} | "
