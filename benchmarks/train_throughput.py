@@ -26,11 +26,13 @@ from pathlib import Path
 
 import torch
 
-from multimoe.allocator import retain_freed_memory
-from multimoe.config import Config, load_config
-from multimoe.data import build_table, prepare
+from multimoe.config import Config
+from multimoe.data.prepare import prepare
+from multimoe.data.table import build_table
 from multimoe.model import build_model, resolve
-from multimoe.train import _make_optimizer, epoch_order, train_step
+from multimoe.process import retain_freed_memory
+from multimoe.registry import load_config
+from multimoe.train import epoch_order, make_optimizer, train_step
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "flexmoe.yaml"
 DEFAULTS = ["data.name=synthetic", "data.synthetic.modalities=4", "data.missing=mcar:0.3", "train.progress=false"]
@@ -46,7 +48,7 @@ class Trainer:
         self.model = build_model(model_cfg, splits.schema)
         if compiled:
             self.model.compile()
-        self.optimizer = _make_optimizer(self.model, cfg.train)
+        self.optimizer = make_optimizer(self.model, cfg.train)
         self.data = splits.train
         self.num_present_N = self.data.present_NM.sum(dim=1)
         self.epochs_run = 0
@@ -55,11 +57,11 @@ class Trainer:
         """Seconds for one training epoch."""
         t = self.cfg.train
         self.model.train()
+        self.epochs_run += 1
         order = epoch_order(self.epochs_run, self.num_present_N, t, self.cfg.seed)
         start = time.perf_counter()
         for batch in self.data.batches(t.batch_size, order):
             train_step(self.model, self.optimizer, batch, t)
-        self.epochs_run += 1
         return time.perf_counter() - start
 
 

@@ -4,6 +4,8 @@
   standardises numeric columns with training statistics and puts 0 (the training mean) in missing cells and in
   absent modalities, so the design matrix is exactly the mean-imputed standardised table.
 - ``hgb``: histogram gradient boosting with NaN in missing cells and absent modalities (it handles NaN natively).
+
+Both are registered in ``multimoe.registry.ARCHS`` with kind ``baseline``.
 """
 
 from __future__ import annotations
@@ -29,37 +31,57 @@ def design_matrix(data: MultimodalData, nan_missing: bool) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
-class SklearnModel:
-    """A fitted scikit-learn classifier behind multimoe's prediction interface."""
+class SklearnBaseline:
+    """A scikit-learn classifier behind multimoe's prediction interface (``fit``, ``predict``, sizes)."""
 
-    def __init__(self, arch: str, estimator, num_classes: int) -> None:
-        self.arch, self.estimator, self.num_classes = arch, estimator, num_classes
+    nan_missing = False  # NaN (not 0) in missing cells and absent modalities
+
+    def __init__(self, cfg: ModelConfig, seed: int) -> None:
+        self.estimator = self.make_estimator(cfg, seed)
+        self.num_classes = 0
+
+    def make_estimator(self, cfg: ModelConfig, seed: int):
+        raise NotImplementedError
+
+    def fit(self, train: MultimodalData) -> SklearnBaseline:
+        self.num_classes = train.schema.num_classes
+        self.estimator.fit(design_matrix(train, self.nan_missing), train.labels_N.numpy())
+        return self
 
     def predict(self, data: MultimodalData) -> Predictions:
-        X = design_matrix(data, nan_missing=self.arch == "hgb")
         probs = np.zeros((len(data), self.num_classes))
-        probs[:, self.estimator.classes_] = self.estimator.predict_proba(X)
+        probs[:, self.estimator.classes_] = self.estimator.predict_proba(design_matrix(data, self.nan_missing))
         labels = data.labels_N.numpy()
         loss = float(log_loss(labels, probs, labels=range(self.num_classes))) if len(data) else float("nan")
         return Predictions(probs, labels, data.combo_N.numpy(), loss, [])
 
-    def parameters(self) -> int:
-        """Coefficients (logreg) or tree nodes (hgb): a size measure, not comparable to neural parameters."""
-        if self.arch == "logreg":
-            return int(self.estimator.coef_.size + self.estimator.intercept_.size)
+    def costs(self) -> dict:
+        """Size measures (coefficients or tree nodes: not comparable to neural parameters) and FLOPs if known."""
+        return {"parameters": self.size(), "active_parameters": self.size(), "flops_per_sample": self.flops()}
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def flops(self) -> int | None:
+        return None
+
+
+class LogReg(SklearnBaseline):
+    def make_estimator(self, cfg: ModelConfig, seed: int):
+        return LogisticRegression(C=cfg.logreg_c, max_iter=5000)
+
+    def size(self) -> int:
+        return int(self.estimator.coef_.size + self.estimator.intercept_.size)
+
+    def flops(self) -> int:
+        return 2 * int(self.estimator.coef_.size)
+
+
+class HGB(SklearnBaseline):
+    nan_missing = True
+
+    def make_estimator(self, cfg: ModelConfig, seed: int):
+        return HistGradientBoostingClassifier(max_iter=cfg.hgb_max_iter, random_state=seed)
+
+    def size(self) -> int:
         return int(sum(p.nodes.shape[0] for it in self.estimator._predictors for p in it))
-
-    def flops_per_sample(self) -> int | None:
-        return 2 * int(self.estimator.coef_.size) if self.arch == "logreg" else None
-
-
-def fit_sklearn(cfg: ModelConfig, train: MultimodalData, seed: int) -> SklearnModel:
-    if cfg.arch == "logreg":
-        estimator = LogisticRegression(C=cfg.logreg_c, max_iter=5000)
-    elif cfg.arch == "hgb":
-        estimator = HistGradientBoostingClassifier(max_iter=cfg.hgb_max_iter, random_state=seed)
-    else:
-        raise ValueError(f"model.arch={cfg.arch!r} is not a scikit-learn baseline; choose logreg or hgb")
-    X = design_matrix(train, nan_missing=cfg.arch == "hgb")
-    estimator.fit(X, train.labels_N.numpy())
-    return SklearnModel(cfg.arch, estimator, train.schema.num_classes)

@@ -1,6 +1,6 @@
 """The batch model and the one place where modality combinations are indexed.
 
-Shapes: B batch, M modalities, F features of a modality, C = 2^M - 1 combinations.
+Shape letters: the legend in ``multimoe/__init__.py`` (B batch, M modalities, F features, S combinations).
 
 A missing modality keeps a zero tensor of its normal shape and ``present_BM = False``, so batches have static
 shapes and mix any combinations. Missing cells inside an observed modality are 0 with ``cell_missing = True``.
@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def num_combinations(num_modalities: int) -> int:
+    """Non-empty subsets of M modalities: 2^M - 1."""
+    return (1 << num_modalities) - 1
 
 
 @functools.cache
@@ -33,7 +38,7 @@ def combinations(num_modalities: int) -> tuple[tuple[int, ...], ...]:
 
 @functools.cache
 def _bitmask_to_index(num_modalities: int) -> Tensor:
-    lut = torch.full((1 << num_modalities,), -1, dtype=torch.long)
+    lut = torch.full((num_combinations(num_modalities) + 1,), -1, dtype=torch.long)
     for idx, combo in enumerate(combinations(num_modalities)):
         lut[sum(1 << m for m in combo)] = idx
     return lut
@@ -59,16 +64,22 @@ def combination_name(combo: tuple[int, ...] | int, modalities: list[str], sep: s
     return sep.join(modalities[m] for m in combo)
 
 
+def keep_one(kept_BM: Tensor, present_BM: Tensor, keys_BM: Tensor) -> Tensor:
+    """The rule of every drop (modality dropout, the MCAR protocol): a sample left with nothing keeps the one of its
+    ``present`` modalities with the largest key (keys uniform in [0, 1): a modality chosen uniformly at random)."""
+    empty_B = ~kept_BM.any(dim=1)
+    choice_B = keys_BM.masked_fill(~present_BM, -1.0).argmax(dim=1)
+    return kept_BM | (empty_B[:, None] & (torch.arange(kept_BM.shape[1], device=kept_BM.device) == choice_B[:, None]))
+
+
 def drop_modalities(present_BM: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
     """Modality dropout: hide each present modality with probability ``rate``, never all of a sample's."""
-    drop = torch.rand(present_BM.shape, generator=generator, device=present_BM.device) < rate
-    kept = present_BM & ~drop
-    empty = ~kept.any(dim=1)
-    if empty.any():  # keep one of the sample's present modalities, chosen at random
-        keys = torch.rand(present_BM.shape, generator=generator, device=present_BM.device).masked_fill(~present_BM, -1)
-        rescue = torch.zeros_like(kept).scatter(1, keys.argmax(dim=1, keepdim=True), True)
-        kept = torch.where(empty[:, None], rescue, kept)
-    return kept
+    drop_BM = torch.rand(present_BM.shape, generator=generator, device=present_BM.device) < rate
+    kept_BM = present_BM & ~drop_BM
+    if not kept_BM.any(dim=1).all():  # draw the keys only when needed (the draws of the published runs)
+        keys_BM = torch.rand(present_BM.shape, generator=generator, device=present_BM.device)
+        kept_BM = keep_one(kept_BM, present_BM, keys_BM)
+    return kept_BM
 
 
 @dataclass

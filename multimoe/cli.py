@@ -1,7 +1,10 @@
-"""Command line: ``multimoe train | eval | report | datasets``. Subcommands compose library functions and hold no logic.
+"""Command line: ``multimoe train | eval | report | bench | datasets | list``. It parses and calls library functions.
 
-The last line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics;
-``report`` prints one with ``run_dir`` and ``report`` (the HTML page).
+Nothing heavy loads before the arguments are parsed (the parts of the library that load torch, pandas or
+scikit-learn are imported inside the command that needs them), so ``--help`` and ``list`` answer at once. The last
+line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics; ``report``
+prints one with ``run_dir`` and ``report`` (the HTML page). Errors a user can fix print one ``error:`` line and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -11,13 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from multimoe.checkpoint import CheckpointError
-from multimoe.config import ConfigError, load_config
-from multimoe.data import DataError, DataPackageMissing
-from multimoe.evaluate import format_results
-from multimoe.guard import NonFiniteError
-
-USER_ERRORS = (ConfigError, DataError, DataPackageMissing, CheckpointError, NonFiniteError)
+from multimoe.config import ConfigError
+from multimoe.errors import USER_ERRORS
+from multimoe.registry import REGISTRIES, load_config, presets, presets_dir
+from multimoe.runs.folder import RunFolder
 
 
 def _final_line(run_dir: str, test: dict, **extra) -> str:
@@ -28,28 +28,27 @@ def _final_line(run_dir: str, test: dict, **extra) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from multimoe.evaluate import format_results
     from multimoe.train import train
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not Path(config).is_file():  # `train --resume RUN key=value`
         config, overrides = None, [config, *overrides]
     if args.resume:
-        if config is None:  # the run's own resolved config
-            config = Path(args.resume) / "config.yaml"
-            if not config.is_file():
-                raise ConfigError(f"{args.resume} is not a run folder (no config.yaml); pass a folder written by train")
+        config = config or RunFolder.open(args.resume).config  # default: the run's own resolved config
         overrides.append(f"train.resume={args.resume}")
     elif config is None:
         raise ConfigError("train needs a CONFIG (a preset such as configs/flexmoe.yaml) or --resume RUN_DIR")
     cfg = load_config(config, overrides)
     result = train(cfg)
-    print(f"best epoch {result.best_epoch + 1} of {result.summary['epochs_run']}, run folder {result.run_dir}")
+    print(f"best epoch {result.best_epoch} of {result.summary['epochs_run']}, run folder {result.run_dir}")
     print(format_results(result.test, f"test ({cfg.data.missing})"))
     print(_final_line(str(result.run_dir), result.test, best_epoch=result.best_epoch))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from multimoe.runs import evaluate_run
+    from multimoe.evaluate import format_results
+    from multimoe.runs.reopen import evaluate_run
 
     result = evaluate_run(args.run_dir, args.overrides)
     print(format_results(result["test"], f"test ({result['missing']}; trained under {result['train_missing']})"))
@@ -65,10 +64,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from multimoe.data import describe_datasets
+    from multimoe.data.builtin import describe_datasets
 
     for d in describe_datasets():
-        print(f"{d['name']}: {d['description']}")
+        print(f"{d['name']}: {d['description']} (license: {d['license']})")
         if not d["installed"]:
             print(f"  package {d['package']} not installed; install with: {d['install']}")
             continue
@@ -78,11 +77,27 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"  modalities (columns): {mods}")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from pathlib import Path
+def cmd_list(args: argparse.Namespace) -> None:
+    valid = [*REGISTRIES, "presets"]
+    unknown = [w for w in args.what if w not in valid]
+    if unknown:
+        raise ConfigError(f"multimoe list {unknown[0]}: nothing by that name; choose from: {', '.join(valid)}")
+    for what in args.what or valid:
+        if what == "presets":
+            folder = presets_dir()
+            print(f"presets ({folder if folder else 'no configs/ folder found'}):")
+            items = [(name, text, "") for name, text in presets().items()]
+        else:
+            reg = REGISTRIES[what]
+            print(f"{what} ({reg.key}):")
+            items = [(n, e.summary, e.kind) for n, e in reg.entries.items()]
+        width = max((len(n) for n, _, _ in items), default=0)
+        for name, text, kind in items:
+            print(f"  {name:<{width}}  {f'[{kind}] ' if kind else ''}{text}")
 
-    from multimoe.bench import load_sweep, read_cells, run_sweep
-    from multimoe.bench_render import render
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from multimoe.bench import load_sweep, read_cells, render, run_sweep
 
     sweep = load_sweep(args.sweep)
     out = Path(args.out)
@@ -123,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. data.missing=mcar:0.5 (as eval)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("datasets", help="list the built-in datasets and whether their packages are installed")
+    p = sub.add_parser("datasets", help="the built-in datasets: modalities, sizes, licenses, install status")
     p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("list", help="every registry (encoders, fills, routers, archs, datasets) and the presets")
+    p.add_argument("what", nargs="*", help="only these: encoders, fills, routers, archs, datasets, presets")
+    p.set_defaults(func=cmd_list)
     return parser
 
 

@@ -1,8 +1,12 @@
 """Configuration: nested dataclasses whose defaults run, YAML presets, dotted overrides, strict loading.
 
 A preset (``configs/*.yaml``) names only what differs from the defaults. Command-line overrides are ``key=value``
-pairs with dotted keys (``model.moe.router.top_k=2``); values are parsed as YAML scalars. Unknown keys, wrong types and
-unknown registry names fail at load with the valid choices listed.
+pairs with dotted keys (``model.moe.router.top_k=2``); values are parsed as YAML scalars. Unknown keys, wrong types
+and values outside a closed choice (a ``Literal``) fail here, at load, with the valid choices listed. The open
+registries (encoders, fills, routers, model architectures, datasets: users may add their own) are checked right
+after loading by ``multimoe.registry``, which is what ``multimoe.load_config`` does.
+
+This module is the bottom of the package: it imports nothing from multimoe.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -33,11 +37,11 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # built-in dataset (see `multimoe datasets`); ignored when `spec` is set
+    name: str = "synthetic"  # built-in dataset (registry; `multimoe list datasets`); ignored when `spec` is set
     spec: str | None = None  # YAML file describing the user's own table (path, label, modalities, categorical)
-    missing: str = "natural"  # missingness protocol: natural | mcar:R (R in [0, 1))
+    missing: str = "natural"  # missingness protocol: natural | mcar:R (R in [0, 1)); see parse_missing
     label: str | None = None  # label column for datasets that offer several (support2: hospdead | death | dzclass)
-    scaler: str = "standard"  # numeric scaling fit on the training split: standard | quantile
+    scaler: Literal["standard", "quantile"] = "standard"  # numeric scaling fit on the training split
     val_fraction: float = 0.15  # stratified validation share
     test_fraction: float = 0.15  # stratified test share
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generator settings (data.name=synthetic)
@@ -45,40 +49,45 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = "patch_linear"  # per-modality encoder: patch_linear (Flex-MoE) | mlp
+    kind: str = "patch_linear"  # per-modality encoder (registry): patch_linear (Flex-MoE) | mlp
     hidden: int = 256  # hidden width of the mlp encoder
     cell_mask: bool = False  # append the within-modality missing-cell mask to the encoder input
 
 
 @dataclass
 class RouterConfig:
-    kind: str = "noisy_topk"  # scorer: softmax_topk | noisy_topk (Shazeer 2017) | laplace | gaussian (FuseMoE)
-    layout: str = "joint"  # joint | per_modality (a router per modality) | disjoint (and an expert pool per modality)
-    top_k: int = 4  # experts per token
-    supervision: str = "combination"  # gate loss: combination (Flex-MoE) | balance (cv²) | entropy (FuseMoE) | none
-    balance_exclude: str = "own"  # S-router balance excludes: own (the paper) | expert0 (the public code)
-    combination_map: str = "identity"  # combination -> expert: identity (Flex-MoE; needs 2^M-1 experts) | modulo
+    kind: str = "noisy_topk"  # scorer (registry): softmax_topk | noisy_topk (Shazeer 2017) | laplace | gaussian
+    layout: Literal["joint", "per_modality", "disjoint"] = "joint"  # one router | one per modality | + a pool each
+    top_k: int = 4  # experts per token (1 <= top_k <= experts in a pool; checked once the expert count is resolved)
+
+
+@dataclass
+class GateLossConfig:
+    supervision: Literal["combination", "balance", "entropy", "none"] = "combination"  # Flex-MoE | cv² | FuseMoE
+    balance_exclude: Literal["own", "expert0"] = "own"  # S-router balance excludes: own (paper) | expert0 (code)
+    combination_map: Literal["identity", "modulo"] = "identity"  # combination -> expert; identity needs 2^M-1 experts
 
 
 @dataclass
 class MoEConfig:
-    num_experts: int = 16  # experts (per modality with layout=disjoint); raised to 2^M-1 by Flex-MoE's identity map
+    num_experts: int = 16  # experts (per modality with layout=disjoint); see multimoe.model.resolve
     hidden: int = 256  # expert hidden width
     router: RouterConfig = field(default_factory=RouterConfig)
+    gate_loss: GateLossConfig = field(default_factory=GateLossConfig)  # router losses (weight: train.gate_loss_weight)
     capacity_factor: float = 0.0  # cap each expert at ceil(factor*T*top_k/E) (token, slot) pairs; 0: dropless
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "fusion"  # fusion (encoders, fill, attention + feed-forward) | late_fusion | logreg | hgb (sklearn)
+    arch: str = "fusion"  # registry: fusion | late_fusion (neural) | logreg | hgb (scikit-learn baselines)
     dim: int = 128  # token width D
     tokens: int = 16  # tokens per modality P
     heads: int = 4  # attention heads
     layers: int = 1  # fusion layers
     dropout: float = 0.5  # dropout on attention probabilities and on both residual branches
-    ffn: str = "moe"  # fusion feed-forward: moe | dense
-    dense_hidden: int = 0  # hidden width of the dense feed-forward (0: top_k x expert hidden, equal active params)
-    fill: str = "bank"  # missing-modality fill: bank (Flex-MoE) | token | zero | additive (scales as M^2)
+    ffn: Literal["moe", "dense"] = "moe"  # fusion feed-forward
+    dense_hidden: int = 1024  # hidden width of the dense feed-forward (1024: Flex-MoE's active top-4 x 256)
+    fill: str = "bank"  # missing-modality fill (registry): bank (Flex-MoE) | token | zero | additive
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
@@ -89,22 +98,22 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 50  # training epochs
     warmup_epochs: int = 5  # curriculum epochs with a sorted, unshuffled training set
-    order: str = "descending"  # warm-up sort by number of observed modalities: descending | ascending | random
+    order: Literal["descending", "ascending", "random"] = "descending"  # warm-up sort by observed modalities
     batch_size: int = 8  # training batch size
     eval_batch_size: int = 512  # batch size for validation and test
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-4  # learning rate
     weight_decay: float = 0.0  # weight decay
     gate_loss_weight: float = 0.01  # weight of the router losses in the total loss
     modality_dropout: float = 0.0  # hide each present modality of a training sample with this probability (keeps one)
     grad_clip: float = 0.0  # gradient norm clip (0: off)
-    select: str = "accuracy"  # validation metric for the best checkpoint: accuracy | f1 | auc | loss
+    select: Literal["accuracy", "f1", "auc", "loss"] = "accuracy"  # validation metric of the best checkpoint
     patience: int = 0  # early stopping after this many epochs without improvement (0: off)
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
     compile: bool = False  # torch.compile the model's forward (training and evaluation); the MoE engine stays eager
     progress: bool = True  # show a progress bar on stderr
-    resume: str | None = None  # run folder to continue from its last completed epoch (same config; see resume.py)
+    resume: str | None = None  # run folder to continue from its last completed epoch (same config; runs/resume.py)
 
 
 @dataclass
@@ -128,7 +137,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, X | None, nested dataclass)."""
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, Literal, X | None, a dataclass)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -136,6 +145,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {sorted(_field_types(tp))}, got {value!r}")
@@ -164,19 +178,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+def all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     """Every dotted key of the config tree, sections included (``model``, ``model.moe``, ``model.moe.hidden``)."""
     out = []
     for name, tp in _field_types(cls or Config).items():
         out.append(prefix + name)
         if dataclasses.is_dataclass(tp):
-            out.extend(_all_keys(tp, prefix + name + "."))
+            out.extend(all_keys(tp, prefix + name + "."))
     return out
 
 
 def _suggest(key: str) -> str:
     """' (did you mean model.moe.router.top_k?)' for a key that sits elsewhere in the tree or is misspelt."""
-    keys = _all_keys()
+    keys = all_keys()
     section, _, last = key.rpartition(".")
     names = {k.rsplit(".", 1)[-1] for k in keys}
     close = difflib.get_close_matches(last, names, n=1, cutoff=0.75)
@@ -225,10 +239,11 @@ def parse_overrides(items: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, section by section."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -274,16 +289,17 @@ def read_preset(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = values.pop("base", None)
     if base is not None:
-        values = _merge(read_preset(path.parent / str(base), (*_seen, path.resolve())), values)
+        values = merge(read_preset(path.parent / str(base), (*_seen, path.resolve())), values)
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Load a YAML preset (or the defaults when ``path`` is None) and apply overrides, strictly."""
+def read_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """A YAML preset (or the defaults when ``path`` is None) with overrides, checked for keys, types, closed
+    choices and ranges. ``multimoe.load_config`` also checks the names of the open registries."""
     values: dict = read_preset(path) if path is not None else {}
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        values = _merge(values, over)
+        values = merge(values, over)
     return config_from_dict(values)
 
 
@@ -294,16 +310,34 @@ def to_dict(cfg: Any) -> dict:
 def replace(cfg: Config, overrides: list[str] | dict) -> Config:
     """A copy of ``cfg`` with dotted overrides applied (validated)."""
     over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-    return config_from_dict(_merge(to_dict(cfg), over))
+    return config_from_dict(merge(to_dict(cfg), over))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation of values against the registries (imported lazily: the registries live next to what they register)
+# Values that the types above cannot express: protocols, ranges, device names, combinations of settings
+
+MISSING_HELP = "natural or mcar:R with R in [0, 1), e.g. mcar:0.3"
 
 
-def _choice(key: str, value: str, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+def parse_missing(spec: str) -> tuple[str, float]:
+    """A missingness protocol (DATASETS.md): ``"natural"`` -> ("natural", 0.0); ``"mcar:0.3"`` -> ("mcar", 0.3)."""
+    if spec == "natural":
+        return "natural", 0.0
+    kind, _, rate = spec.partition(":")
+    if kind == "mcar" and rate:
+        try:
+            r = float(rate)
+        except ValueError:
+            r = -1.0
+        if 0.0 <= r < 1.0:
+            return "mcar", r
+    raise ConfigError(f"data.missing={spec!r} is not valid; choose {MISSING_HELP}")
+
+
+def check_device_name(spec: str) -> str:
+    if not (spec == "cpu" or spec == "cuda" or spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise ConfigError(f"train.device={spec!r} is not valid; choose cpu, cuda or cuda:N")
+    return spec
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -311,82 +345,45 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _fraction(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value < high:
+        raise ConfigError(f"{key}={value} must be in [{low:g}, {high:g})")
+
+
 MAX_SEED = 2**32 - 2  # scikit-learn takes seeds in [0, 2^32 - 1], and the split uses seed + 1
 
 
 def validate(cfg: Config) -> None:
-    from multimoe.data import DATASETS, parse_protocol
-    from multimoe.encoders import ENCODERS
-    from multimoe.missing import FILLS
-    from multimoe.model import ARCHS
-    from multimoe.routers import LAYOUTS, ROUTERS
-
+    """Ranges and combinations of settings (types and closed choices were checked while building)."""
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed={cfg.seed} must be in [0, {MAX_SEED}]")
     if any(sep in cfg.name for sep in ("/", "\\")) or cfg.name in (".", ".."):
         raise ConfigError(
             f"name={cfg.name!r} names a run folder inside out_dir: no '/' or '\\'; use out_dir for the path"
         )
-    if cfg.data.spec is None:
-        _choice("data.name", cfg.data.name, DATASETS)
-    parse_protocol(cfg.data.missing)
-    _choice("data.scaler", cfg.data.scaler, ("standard", "quantile"))
+    parse_missing(cfg.data.missing)
     for k in ("val_fraction", "test_fraction"):
         v = getattr(cfg.data, k)
         if not 0 < v < 0.5:
             raise ConfigError(f"data.{k}={v} must be in (0, 0.5)")
     m = cfg.model
-    _choice("model.arch", m.arch, ARCHS)
-    _choice("model.encoder.kind", m.encoder.kind, ENCODERS)
-    _choice("model.fill", m.fill, FILLS)
-    _choice("model.ffn", m.ffn, ("moe", "dense"))
-    _choice("model.moe.router.kind", m.moe.router.kind, ROUTERS)
-    _choice("model.moe.router.layout", m.moe.router.layout, LAYOUTS)
-    _choice("model.moe.router.supervision", m.moe.router.supervision, ("combination", "balance", "entropy", "none"))
-    if m.moe.router.supervision == "combination" and m.moe.router.layout == "disjoint":
+    if m.moe.gate_loss.supervision == "combination" and m.moe.router.layout == "disjoint":
         raise ConfigError(
-            "model.moe.router.supervision=combination maps combinations to experts of one shared pool; "
-            "use layout joint or per_modality, or another supervision with layout disjoint"
+            "model.moe.gate_loss.supervision=combination maps combinations to experts of one shared pool; "
+            "use model.moe.router.layout joint or per_modality, or another supervision with layout disjoint"
         )
-    _choice("model.moe.router.balance_exclude", m.moe.router.balance_exclude, ("own", "expert0"))
-    _choice("model.moe.router.combination_map", m.moe.router.combination_map, ("identity", "modulo"))
-    for k in ("dim", "tokens", "heads", "layers"):
+    for k in ("dim", "tokens", "heads", "layers", "dense_hidden"):
         _positive(f"model.{k}", getattr(m, k))
     if m.dim % m.heads:
         raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+    _fraction("model.dropout", m.dropout, 0, 1)
     _positive("model.moe.num_experts", m.moe.num_experts)
     _positive("model.moe.hidden", m.moe.hidden)
     _positive("model.moe.capacity_factor", m.moe.capacity_factor, allow_zero=True)
-    _positive("model.moe.router.top_k", m.moe.router.top_k)  # <= num_experts is checked once experts are resolved
     t = cfg.train
-    _choice("train.order", t.order, ("descending", "ascending", "random"))
-    _choice("train.optimizer", t.optimizer, ("adam", "adamw"))
-    _choice("train.select", t.select, ("accuracy", "f1", "auc", "loss"))
     for k in ("epochs", "batch_size", "eval_batch_size", "lr"):
         _positive(f"train.{k}", getattr(t, k))
     for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads"):
         _positive(f"train.{k}", getattr(t, k), allow_zero=True)
-    if not 0 <= t.modality_dropout < 1:
-        raise ConfigError(f"train.modality_dropout={t.modality_dropout} must be in [0, 1)")
-    if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
-        raise ConfigError(f"train.device={t.device!r} is not valid; choose cpu, cuda or cuda:N")
-
-
-def check_device(spec: str):
-    """``torch.device(spec)``, or a ConfigError when this machine has no such device (checked before any work)."""
-    import torch
-
-    if not (spec == "cpu" or spec == "cuda" or spec.startswith("cuda:") and spec[5:].isdigit()):
-        raise ConfigError(f"train.device={spec!r} is not valid; choose cpu, cuda or cuda:N")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"train.device={spec} but torch sees no CUDA device (torch {torch.__version__}, "
-                f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); use train.device=cpu"
-            )
-        index = torch.device(spec).index
-        if index is not None and index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device={spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(spec)
+    _fraction("train.modality_dropout", t.modality_dropout, 0, 1)
+    check_device_name(t.device)

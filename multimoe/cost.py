@@ -15,10 +15,13 @@ from torch import nn
 
 from multimoe.config import ModelConfig
 from multimoe.data.dataset import DataSchema
+from multimoe.encoders import input_width
+from multimoe.missing import BankFill
+from multimoe.moe import MoE
 
 
 def _encoder_flops(cfg: ModelConfig, features: int) -> int:
-    width = features * (2 if cfg.encoder.cell_mask else 1)
+    width = input_width(features, cfg.encoder)
     P, D = cfg.tokens, cfg.dim
     if cfg.encoder.kind == "patch_linear":
         return 2 * P * math.ceil(width / P) * D
@@ -27,14 +30,14 @@ def _encoder_flops(cfg: ModelConfig, features: int) -> int:
 
 def _fusion_flops(cfg: ModelConfig, schema: DataSchema) -> int:
     M, P, D, C = schema.num_modalities, cfg.tokens, cfg.dim, schema.num_classes
-    N = M * P
+    L = M * P
     flops = sum(_encoder_flops(cfg, f) for f in schema.features) + 2 * M * D * C
-    attention = 8 * N * D * D + 4 * N * N * D
+    attention = 8 * L * D * D + 4 * L * L * D
     if cfg.ffn == "dense":
-        ffn = 4 * N * D * (cfg.dense_hidden or cfg.moe.router.top_k * cfg.moe.hidden)
+        ffn = 4 * L * D * cfg.dense_hidden
     else:
         k = cfg.moe.router.top_k  # router scores, k experts' two products, the gate-weighted sum of k outputs
-        ffn = 2 * N * D * cfg.moe.num_experts + 4 * N * k * D * cfg.moe.hidden + 2 * N * k * D
+        ffn = 2 * L * D * cfg.moe.num_experts + 4 * L * k * D * cfg.moe.hidden + 2 * L * k * D
     return flops + cfg.layers * (attention + ffn)
 
 
@@ -43,12 +46,12 @@ def model_costs(model: nn.Module, cfg: ModelConfig, schema: DataSchema) -> dict:
     total = sum(p.numel() for p in model.parameters())
     inactive = 0
     for module in model.modules():
-        if hasattr(module, "w1_EDH"):  # a MoE layer: only k experts per token are active
+        if isinstance(module, MoE):  # only k experts per token are active
             E, k = module.num_experts, module.router.top_k
             per_expert = sum(p[0].numel() for p in (module.w1_EDH, module.b1_EH, module.w2_EHD, module.b2_ED))
             inactive += (E - k) * per_expert
-        if hasattr(module, "bank_CMPD"):  # a sample reads at most one combination's block
-            inactive += module.bank_CMPD[1:].numel()
+        if isinstance(module, BankFill):  # a sample reads at most one combination's block
+            inactive += module.bank_SMPD[1:].numel()
     if cfg.arch == "late_fusion":
         flops = sum(_encoder_flops(cfg, f) + 2 * cfg.tokens * cfg.dim * schema.num_classes for f in schema.features)
     else:

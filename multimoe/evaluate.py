@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, roc_auc_score
 
-from multimoe.batch import combination_name, combinations
+from multimoe.batch import combination_name, combinations, num_combinations
 from multimoe.data.dataset import MultimodalData
+from multimoe.data.protocols import combination_presence
 
 
 @dataclass
@@ -27,13 +28,13 @@ class Predictions:
     routing: list[dict]  # per MoE layer: routing statistics (see ``routing_stats``)
 
 
-def routing_stats(moe_out, info, num_combinations: int) -> dict[str, torch.Tensor]:
+def routing_stats(moe_out, info) -> dict[str, torch.Tensor]:
     """Gate-weight sums by (combination, expert) and (modality, expert), and top-k slot counts per expert."""
     w_TE = moe_out.routing.dense_weights().detach().float()
-    M = info.num_modalities
+    M, S = info.num_modalities, num_combinations(info.num_modalities)
     return {
         "tokens_per_expert": moe_out.tokens_per_expert_E.detach().cpu().double(),
-        "combination_weight": w_TE.new_zeros(num_combinations, w_TE.shape[1]).index_add(0, info.combo_T, w_TE).cpu(),
+        "combination_weight": w_TE.new_zeros(S, w_TE.shape[1]).index_add(0, info.combo_T, w_TE).cpu(),
         "modality_weight": w_TE.new_zeros(M, w_TE.shape[1]).index_add(0, info.modality_T, w_TE).cpu(),
     }
 
@@ -53,7 +54,6 @@ def predict(
     was_training = model.training
     model.eval()
     probs, loss_sum, totals = [], 0.0, None
-    C = (1 << data.schema.num_modalities) - 1
     for batch in data.batches(batch_size):
         batch = batch.to(device)
         out = model(batch)
@@ -61,7 +61,7 @@ def predict(
             on_output(out, batch)
         loss_sum += float(F.cross_entropy(out.logits_BC.float(), batch.labels_B, reduction="sum"))
         probs.append(out.logits_BC.float().softmax(dim=1).cpu())
-        stats = [routing_stats(m, out.info, C) for m in out.moe]
+        stats = [routing_stats(m, out.info) for m in out.moe]
         totals = stats if totals is None else [{k: a[k] + b[k] for k in a} for a, b in zip(totals, stats)]
     model.train(was_training)
     return Predictions(
@@ -137,8 +137,6 @@ def evaluate_combinations(model, data: MultimodalData, natural_NM: np.ndarray, b
     """The per-combination protocol: the test set once for every combination of observed modalities (Flex-MoE's
     table layout), each time showing every sample with exactly that combination. Rows whose own data lack one of
     the combination's modalities (natural missingness) are left out of that combination's cell."""
-    from multimoe.data.protocols import combination_presence
-
     natural = np.asarray(natural_NM)[data.rows_N]
     rows = []
     modalities = list(data.schema.modalities)

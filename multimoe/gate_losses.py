@@ -1,6 +1,7 @@
 """Router losses computed from a ``Routing``: load balance (Shazeer 2017) and Flex-MoE's combination supervision.
 
-Shapes: T tokens, E experts, M modalities, C = 2^M - 1 combinations, G groups of tokens.
+Shape letters: the legend in ``multimoe/__init__.py`` (T tokens, E experts, M modalities, S = 2^M - 1
+combinations, G groups of tokens).
 
 Flex-MoE (METHODS.md §1) has one gate whose loss depends on each token's sample. Its public code calls the MoE
 once per modality and sums the per-call losses; multimoe routes all tokens in one call and computes the same
@@ -97,7 +98,7 @@ def gate_loss(
     num_modalities: int,
     supervision: str,
     exclude: str = "own",
-    targets_C: Tensor | None = None,
+    targets_S: Tensor | None = None,
     pool_ME: Tensor | None = None,
 ) -> Tensor:
     """The router loss of one MoE layer (a scalar), summed over modalities as the published per-modality calls.
@@ -111,7 +112,7 @@ def gate_loss(
         return entropy_loss(routing, modality_T, M)
     if supervision != "combination":
         raise ValueError(f"unknown router supervision {supervision!r}; choose combination, balance, entropy or none")
-    if targets_C is None:
+    if targets_S is None:
         raise ValueError("combination supervision needs the combination -> expert targets")
     E = routing.logits_TE.shape[1]
     full_T = combo_T == 0
@@ -121,13 +122,13 @@ def gate_loss(
     # full-modality tokens of each modality, balanced over all experts (generalization); the groups after them
     # hold the partial tokens, by (modality, combination) for "own", by modality for "expert0" (specialization).
     if exclude == "own":
-        C = targets_C.shape[0]
-        group_T = torch.where(full_T, modality_T, M + modality_T * C + combo_T)
+        S = targets_S.shape[0]
+        group_T = torch.where(full_T, modality_T, M + modality_T * S + combo_T)
     elif exclude == "expert0":
         group_T = torch.where(full_T, modality_T, M + modality_T)
     else:
         raise ValueError(f"unknown balance_exclude {exclude!r}; choose own or expert0")
-    keep_G1E = _balance_keep(exclude, M, E, targets_C)
+    keep_G1E = _balance_keep(exclude, M, E, targets_S)
     G = keep_G1E.shape[0]
     # importance (gate weights) and load side by side: one grouped sum, one cv² for both
     stats_TE2 = torch.stack([routing.dense_weights(), routing.load_TE], dim=2)
@@ -138,23 +139,23 @@ def gate_loss(
     loss = balance_G[:M].sum()
 
     # specialization: cross-entropy to the combination's expert (mean over partial tokens, per modality)
-    ce_sum = F.cross_entropy(routing.logits_TE, torch.where(full_T, -100, targets_C[combo_T]), reduction="sum")
+    ce_sum = F.cross_entropy(routing.logits_TE, torch.where(full_T, -100, targets_S[combo_T]), reduction="sum")
     loss = loss + M * ce_sum / (~full_T).sum().clamp(min=1)
 
     if exclude == "expert0":
         return loss + balance_G[M:].sum()
-    has_MC = (count(group_T, G)[M:] > 0).view(M, C).to(balance_G.dtype)  # (modality, combination) groups present
-    per_modality = (balance_G[M:].view(M, C) * has_MC).sum(dim=1) / has_MC.sum(dim=1).clamp(min=1)
+    has_MS = (count(group_T, G)[M:] > 0).view(M, S).to(balance_G.dtype)  # (modality, combination) groups present
+    per_modality = (balance_G[M:].view(M, S) * has_MS).sum(dim=1) / has_MS.sum(dim=1).clamp(min=1)
     return loss + per_modality.sum()
 
 
-def _balance_keep(exclude: str, M: int, E: int, targets_C: Tensor) -> Tensor:
+def _balance_keep(exclude: str, M: int, E: int, targets_S: Tensor) -> Tensor:
     """(G, 1, E) float mask of the experts each group's balance runs over: all for the M full-modality groups;
-    for partial tokens all but the combination's own expert ("own", M * C groups) or all but expert 0 ("expert0",
+    for partial tokens all but the combination's own expert ("own", M * S groups) or all but expert 0 ("expert0",
     M groups)."""
-    experts_E = torch.arange(E, device=targets_C.device)
+    experts_E = torch.arange(E, device=targets_S.device)
     if exclude == "own":
-        partial_PE = experts_E[None, :] != targets_C.repeat(M)[:, None]
+        partial_PE = experts_E[None, :] != targets_S.repeat(M)[:, None]
     else:
         partial_PE = (experts_E != 0)[None, :].expand(M, E)
     return torch.cat([partial_PE.new_ones(M, E), partial_PE]).float()[:, None, :]

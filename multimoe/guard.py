@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-class NonFiniteError(RuntimeError):
-    """Training produced a NaN or infinite loss or gradient; the message names the epoch and step."""
+from multimoe.errors import NonFiniteError
 
 
 def grad_norm(model: nn.Module, clip: float = 0.0) -> Tensor:
@@ -34,10 +32,10 @@ class FiniteGuard:
         self.pending = 0
 
     def observe(self, epoch: int, step: int, loss: Tensor, norm: Tensor) -> None:
-        """Record step ``step`` (0-based within ``epoch``); reads the record every ``every`` steps."""
+        """Record step ``step`` (from 1) of ``epoch`` (from 1); reads the record every ``every`` steps."""
         values = torch.stack([loss.detach().float(), norm.detach().float().to(loss.device)])
         new = ~torch.isfinite(values).all() & (self.first_step < 0)
-        self.first_step = torch.where(new, epoch * self.steps_per_epoch + step, self.first_step)
+        self.first_step = torch.where(new, (epoch - 1) * self.steps_per_epoch + step - 1, self.first_step)
         self.first_values = torch.where(new, values, self.first_values)
         self.pending += 1
         if self.pending >= self.every:
@@ -50,14 +48,14 @@ class FiniteGuard:
         if first < 0:
             return
         loss, norm = self.first_values.tolist()
-        epoch, step = divmod(first, self.steps_per_epoch)
+        done, step = divmod(first, self.steps_per_epoch)  # epochs completed before the bad one; step from 0
         what = f"loss {loss}" if not torch.isfinite(torch.tensor(loss)) else f"gradient norm {norm} (loss {loss:.4g})"
         kept = (
-            f"the checkpoints of epoch {epoch} (the last completed) are kept"
-            if epoch
+            f"the checkpoints of epoch {done} (the last completed) are kept"
+            if done
             else "no epoch had completed, so there is no checkpoint"
         )
         raise NonFiniteError(
-            f"non-finite {what} at epoch {epoch + 1}, step {step + 1} of {self.steps_per_epoch}: training stopped; "
+            f"non-finite {what} at epoch {done + 1}, step {step + 1} of {self.steps_per_epoch}: training stopped; "
             f"{kept}. Lower train.lr, set train.grad_clip, or check the input data"
         )

@@ -1,13 +1,16 @@
 """Missing-modality fills: what stands in for an absent modality's P x D token block, given the sample's
 combination index and presence mask.
 
-Shapes: B batch, M modalities, P tokens, D width, C = 2^M - 1 combinations.
+Shape letters: the legend in ``multimoe/__init__.py`` (B batch, M modalities, P tokens, D width, S = 2^M - 1
+combinations).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from multimoe.batch import num_combinations
 
 
 class BankFill(nn.Module):
@@ -16,12 +19,12 @@ class BankFill(nn.Module):
 
     def __init__(self, modalities: int, tokens: int, dim: int) -> None:
         super().__init__()
-        self.bank_CMPD = nn.Parameter(torch.randn((1 << modalities) - 1, modalities, tokens, dim))
+        self.bank_SMPD = nn.Parameter(torch.randn(num_combinations(modalities), modalities, tokens, dim))
 
     def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
         # index_select, not bank[combo_B]: the same values, and its backward (index_add) is ~6x faster on CPU
-        C, M, P, D = self.bank_CMPD.shape
-        return self.bank_CMPD.view(C, M * P * D).index_select(0, combo_B).view(-1, M, P, D)
+        S, M, P, D = self.bank_SMPD.shape
+        return self.bank_SMPD.view(S, M * P * D).index_select(0, combo_B).view(-1, M, P, D)
 
 
 class TokenFill(nn.Module):
@@ -61,12 +64,3 @@ class ZeroFill(nn.Module):
 
     def forward(self, combo_B: Tensor, present_BM: Tensor) -> Tensor:
         return torch.zeros((), device=combo_B.device).expand(combo_B.shape[0], *self.shape)
-
-
-FILLS: dict[str, type[nn.Module]] = {"bank": BankFill, "token": TokenFill, "zero": ZeroFill, "additive": AdditiveFill}
-
-
-def build_fill(kind: str, modalities: int, tokens: int, dim: int) -> nn.Module:
-    if kind not in FILLS:
-        raise ValueError(f"unknown missing-modality fill {kind!r}; choose one of: {', '.join(FILLS)}")
-    return FILLS[kind](modalities, tokens, dim)

@@ -1,7 +1,7 @@
 """The multimodal MoE model: encoders -> missing fill -> fusion layers (attention + MoE feed-forward) -> head.
 
-Shapes: B batch, M modalities, P tokens per modality, N = M*P tokens per sample, D width, T = B*N tokens,
-C classes.
+Shape letters: the legend in ``multimoe/__init__.py`` (B batch, M modalities, P tokens per modality, L = M*P tokens
+per sample, D width, T = B*L tokens, C classes).
 
 Flex-MoE (METHODS.md §1): every modality becomes P tokens; absent modalities are filled (the bank); tokens of all
 modalities are concatenated, a learned positional embedding (zero init) is added, then pre-LN transformer layers:
@@ -18,15 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multimoe.batch import Batch
+from multimoe.batch import Batch, num_combinations
 from multimoe.config import ConfigError, ModelConfig
 from multimoe.data.dataset import DataSchema
 from multimoe.dropout import Dropout, drop
-from multimoe.encoders import build_encoder
 from multimoe.gate_losses import combination_targets
-from multimoe.missing import build_fill
-from multimoe.moe import DenseFFN, MoE, MoEOutput, TokenInfo
-from multimoe.routers import build_router
+from multimoe.moe import MoE, MoEOutput, TokenInfo, exclude_from_compile
+from multimoe.registry import ARCHS, ENCODERS, FILLS, ROUTERS
 
 
 class Attention(nn.Module):
@@ -39,17 +37,28 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x_BND: Tensor) -> Tensor:
-        B, N, D = x_BND.shape
+    def forward(self, x_BLD: Tensor) -> Tensor:
+        B, L, D = x_BLD.shape
         h = self.heads
-        q = self.q(x_BND).view(B, N, h, D // h).transpose(1, 2)
-        k, v = self.kv(x_BND).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)
+        q = self.q(x_BLD).view(B, L, h, D // h).transpose(1, 2)
+        k, v = self.kv(x_BLD).view(B, L, 2, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.training and self.dropout > 0:  # dropout on the attention probabilities, with the fast mask draw
             probs = (q @ k.transpose(-2, -1) * (D // h) ** -0.5).softmax(dim=-1)
             out = drop(probs, self.dropout) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class DenseFFN(nn.Module):
+    """The dense feed-forward of the ``dense`` method: Linear -> GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x_TD: Tensor, info: TokenInfo) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x_TD)))
 
 
 class FusionLayer(nn.Module):
@@ -62,13 +71,13 @@ class FusionLayer(nn.Module):
         self.ffn = ffn
         self.drop1, self.drop2 = Dropout(dropout), Dropout(dropout)
 
-    def forward(self, x_BND: Tensor, info: TokenInfo) -> tuple[Tensor, MoEOutput | None]:
-        x_BND = x_BND + self.drop1(self.attn(self.norm1(x_BND)))
-        h_TD = self.norm2(x_BND).reshape(-1, x_BND.shape[-1])
+    def forward(self, x_BLD: Tensor, info: TokenInfo) -> tuple[Tensor, MoEOutput | None]:
+        x_BLD = x_BLD + self.drop1(self.attn(self.norm1(x_BLD)))
+        h_TD = self.norm2(x_BLD).reshape(-1, x_BLD.shape[-1])
         out = self.ffn(h_TD, info)
         moe_out = out if isinstance(out, MoEOutput) else None
         y_TD = out.out_TD if moe_out is not None else out
-        return x_BND + self.drop2(y_TD.view_as(x_BND)), moe_out
+        return x_BLD + self.drop2(y_TD.view_as(x_BLD)), moe_out
 
 
 @dataclass
@@ -85,25 +94,29 @@ class MultimodalMoE(nn.Module):
         self.cfg, self.schema = cfg, schema
         M, P, D = schema.num_modalities, cfg.tokens, cfg.dim
         self.encoders = nn.ModuleDict(
-            {name: build_encoder(f, P, D, cfg.encoder) for name, f in zip(schema.modalities, schema.features)}
+            {
+                name: ENCODERS.build(cfg.encoder.kind, f, P, D, cfg.encoder)
+                for name, f in zip(schema.modalities, schema.features)
+            }
         )
-        self.fill = build_fill(cfg.fill, M, P, D)
-        self.pos_ND = nn.Parameter(torch.zeros(M * P, D))
+        self.fill = FILLS.build(cfg.fill, M, P, D)
+        self.pos_LD = nn.Parameter(torch.zeros(M * P, D))
         self.layers = nn.ModuleList(
             [FusionLayer(D, cfg.heads, cfg.dropout, self._build_ffn(cfg, M)) for _ in range(cfg.layers)]
         )
         self.head = nn.Linear(M * D, schema.num_classes)
-        self.register_buffer("modality_N", torch.arange(M).repeat_interleave(P), persistent=False)
+        self.register_buffer("modality_L", torch.arange(M).repeat_interleave(P), persistent=False)
 
     @staticmethod
     def _build_ffn(cfg: ModelConfig, M: int) -> nn.Module:
         if cfg.ffn == "dense":
-            return DenseFFN(cfg.dim, cfg.dense_hidden or cfg.moe.router.top_k * cfg.moe.hidden)
-        r = cfg.moe.router
-        E = cfg.moe.num_experts
-        targets = combination_targets((1 << M) - 1, E, r.combination_map) if r.supervision == "combination" else None
-        router = build_router(r, cfg.dim, E, M)
-        return MoE(cfg.dim, cfg.moe.hidden, router, r.supervision, r.balance_exclude, targets, cfg.moe.capacity_factor)
+            return DenseFFN(cfg.dim, cfg.dense_hidden)
+        r, gate, E = cfg.moe.router, cfg.moe.gate_loss, cfg.moe.num_experts
+        targets_S = None
+        if gate.supervision == "combination":
+            targets_S = combination_targets(num_combinations(M), E, gate.combination_map)
+        router = ROUTERS.build(r.kind, cfg.dim, E, r.top_k, r.layout, M)
+        return MoE(cfg.dim, cfg.moe.hidden, router, gate, targets_S, cfg.moe.capacity_factor)
 
     def forward(self, batch: Batch) -> ModelOutput:
         B = len(batch)
@@ -114,16 +127,16 @@ class MultimodalMoE(nn.Module):
         tokens_BMPD = torch.where(
             batch.present_BM[:, :, None, None], enc_BMPD, self.fill(batch.combo_B, batch.present_BM)
         )
-        x_BND = tokens_BMPD.reshape(B, M * P, D) + self.pos_ND
-        info = TokenInfo(self.modality_N.repeat(B), batch.combo_B.repeat_interleave(M * P), M)
-        aux = x_BND.new_zeros(())
+        x_BLD = tokens_BMPD.reshape(B, M * P, D) + self.pos_LD
+        info = TokenInfo(self.modality_L.repeat(B), batch.combo_B.repeat_interleave(M * P), M)
+        aux = x_BLD.new_zeros(())
         moe_outs = []
         for layer in self.layers:
-            x_BND, moe_out = layer(x_BND, info)
+            x_BLD, moe_out = layer(x_BLD, info)
             if moe_out is not None:
                 aux = aux + moe_out.aux_loss
                 moe_outs.append(moe_out)
-        pooled_BMD = x_BND.view(B, M, P, D).mean(dim=2)
+        pooled_BMD = x_BLD.view(B, M, P, D).mean(dim=2)
         return ModelOutput(self.head(pooled_BMD.reshape(B, M * D)), aux, moe_outs, info)
 
 
@@ -138,7 +151,10 @@ class LateFusion(nn.Module):
         super().__init__()
         self.cfg, self.schema = cfg, schema
         self.encoders = nn.ModuleDict(
-            {m: build_encoder(f, cfg.tokens, cfg.dim, cfg.encoder) for m, f in zip(schema.modalities, schema.features)}
+            {
+                m: ENCODERS.build(cfg.encoder.kind, f, cfg.tokens, cfg.dim, cfg.encoder)
+                for m, f in zip(schema.modalities, schema.features)
+            }
         )
         self.heads = nn.ModuleDict({m: nn.Linear(cfg.tokens * cfg.dim, schema.num_classes) for m in schema.modalities})
         self.drop = Dropout(cfg.dropout)
@@ -156,49 +172,47 @@ class LateFusion(nn.Module):
         return ModelOutput(probs_BC.clamp(min=1e-12).log(), logits_BMC.new_zeros(()), [], None)
 
 
-ARCHS: dict[str, type[nn.Module] | None] = {
-    "fusion": MultimodalMoE,
-    "late_fusion": LateFusion,
-    "logreg": None,  # scikit-learn baselines: multimoe.baselines
-    "hgb": None,
-}
-
-
-SKLEARN_ARCHS = tuple(k for k, v in ARCHS.items() if v is None)
-
-
 def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str]]:
-    """The model config as it will run on ``schema``, and notes on what was adjusted.
+    """The model config as it runs on ``schema``, and notes on what was adjusted: the one place where the expert
+    count and ``top_k``'s range are decided.
 
     Flex-MoE maps combination c to expert c, so with combination supervision and the identity map it needs one
     expert per combination (2^M - 1); its public code crashes otherwise. We then raise the expert count, as the
-    public code requires, and say so.
-    """
+    public code requires, and say so. Resolving a resolved config changes nothing (resumed runs read theirs)."""
     cfg = copy.deepcopy(cfg)
     notes = []
-    r = cfg.moe.router
-    combos = (1 << schema.num_modalities) - 1
-    identity = (
-        cfg.arch == "fusion" and cfg.ffn == "moe" and r.supervision == "combination" and r.combination_map == "identity"
-    )
-    if identity and cfg.moe.num_experts < combos:
+    moe = cfg.moe
+    if ARCHS.check(cfg.arch).kind != "neural" or cfg.ffn != "moe":
+        return cfg, notes
+    combos = num_combinations(schema.num_modalities)
+    identity = moe.gate_loss.supervision == "combination" and moe.gate_loss.combination_map == "identity"
+    if identity and moe.num_experts < combos:
         notes.append(
-            f"{schema.num_modalities} modalities give {combos} combinations > {cfg.moe.num_experts} experts: "
+            f"{schema.num_modalities} modalities give {combos} combinations > {moe.num_experts} experts: "
             f"using {combos} experts (one per combination, as Flex-MoE's identity map requires)"
         )
-        cfg.moe.num_experts = combos
-    if cfg.arch == "fusion" and cfg.ffn == "moe" and not 1 <= r.top_k <= cfg.moe.num_experts:
-        pool = "per modality pool" if r.layout == "disjoint" else "in all"
+        moe.num_experts = combos
+    if not 1 <= moe.router.top_k <= moe.num_experts:
+        pool = "per modality pool" if moe.router.layout == "disjoint" else "in all"
         raise ConfigError(
-            f"model.moe.router.top_k={r.top_k} must be between 1 and model.moe.num_experts={cfg.moe.num_experts} "
-            f"(experts {pool})"
+            f"model.moe.router.top_k={moe.router.top_k} must be between 1 and model.moe.num_experts="
+            f"{moe.num_experts} (experts {pool})"
         )
     return cfg, notes
 
 
 def build_model(cfg: ModelConfig, schema: DataSchema) -> nn.Module:
     """A neural model for ``schema``; ``cfg`` should already be resolved (see ``resolve``)."""
-    cls = ARCHS.get(cfg.arch)
-    if cls is None:
-        raise ValueError(f"model.arch={cfg.arch!r} is not a neural model; neural archs: fusion, late_fusion")
-    return cls(cfg, schema)
+    entry = ARCHS.check(cfg.arch)
+    if entry.kind != "neural":
+        neural = ", ".join(n for n in ARCHS if ARCHS.check(n).kind == "neural")
+        raise ConfigError(f"model.arch={cfg.arch!r} is not a neural model; neural archs: {neural}")
+    return entry.load()(cfg, schema)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` the model in place (parameter names and checkpoints stay those of the plain model); the
+    MoE engine stays eager."""
+    exclude_from_compile(model)
+    model.compile()
+    return model

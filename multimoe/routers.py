@@ -1,6 +1,7 @@
 """Token routers: each token picks top-k experts and their gate weights.
 
-Shapes: T tokens, D width, E experts (all pools), K experts per token, G router groups (1, or M modalities).
+Shape letters: the legend in ``multimoe/__init__.py`` (T tokens, D width, E experts in all pools, J experts in one
+router's pool, K experts per token, G router groups: 1, or M modalities).
 
 A router is a scorer plus a layout:
 - scorers: ``softmax_topk`` (linear scores), ``noisy_topk`` (Shazeer et al. 2017; Flex-MoE's gate), ``laplace``
@@ -10,21 +11,22 @@ A router is a scorer plus a layout:
   expert pool), ``disjoint`` (one router and one pool of ``num_experts`` experts per modality; E = M x num_experts).
 
 A router returns a ``Routing``; aux losses are computed from it in ``gate_losses``, never stored on the module.
+Routers are built through ``multimoe.registry.ROUTERS``; ``top_k``'s range is checked once, where the expert count
+is resolved (``multimoe.model.resolve``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multimoe.config import RouterConfig
-
 NOISE_EPSILON = 1e-2  # minimum noise std of the noisy gate (Shazeer et al. 2017)
-LAYOUTS = ("joint", "per_modality", "disjoint")
+Layout = Literal["joint", "per_modality", "disjoint"]
 
 
 @dataclass
@@ -43,19 +45,19 @@ def _indicator_load(ids_TK: Tensor, num_experts: int, like: Tensor) -> Tensor:
     return torch.zeros(ids_TK.shape[0], num_experts, dtype=like.dtype, device=like.device).scatter(1, ids_TK, 1.0)
 
 
-def _dot(x_TD: Tensor, weight_GED: Tensor) -> Tensor:
-    """G x T x E dot products x_t . w_ge as one matrix product (an einsum here runs a batched product that costs
+def _dot(x_TD: Tensor, weight_GJD: Tensor) -> Tensor:
+    """G x T x J dot products x_t . w_gj as one matrix product (an einsum here runs a batched product that costs
     several times as much at router sizes)."""
-    G, E, D = weight_GED.shape
-    return F.linear(x_TD, weight_GED.reshape(G * E, D)).view(-1, G, E).transpose(0, 1)
+    G, J, D = weight_GJD.shape
+    return F.linear(x_TD, weight_GJD.reshape(G * J, D)).view(-1, G, J).transpose(0, 1)
 
 
-def _prob_in_top_k(clean_TE: Tensor, noisy_TE: Tensor, std_TE: Tensor, top_vals: Tensor, k: int) -> Tensor:
-    """P(expert e stays in the top-k when its own noise is redrawn), Shazeer et al. 2017, appendix A."""
-    threshold_if_in = top_vals[:, k : k + 1]  # e is in: it must beat the (k+1)-th value
-    threshold_if_out = top_vals[:, k - 1 : k]  # e is out: it must beat the k-th value
-    threshold_TE = torch.where(noisy_TE > threshold_if_in, threshold_if_in, threshold_if_out)
-    return torch.special.ndtr((clean_TE - threshold_TE) / std_TE)  # one ndtr for both cases
+def _prob_in_top_k(clean_TJ: Tensor, noisy_TJ: Tensor, std_TJ: Tensor, top_vals: Tensor, k: int) -> Tensor:
+    """P(expert j stays in the top-k when its own noise is redrawn), Shazeer et al. 2017, appendix A."""
+    threshold_if_in = top_vals[:, k : k + 1]  # j is in: it must beat the (k+1)-th value
+    threshold_if_out = top_vals[:, k - 1 : k]  # j is out: it must beat the k-th value
+    threshold_TJ = torch.where(noisy_TJ > threshold_if_in, threshold_if_in, threshold_if_out)
+    return torch.special.ndtr((clean_TJ - threshold_TJ) / std_TJ)  # one ndtr for both cases
 
 
 class Router(nn.Module):
@@ -63,42 +65,41 @@ class Router(nn.Module):
 
     noisy = False
 
-    def __init__(self, dim: int, num_experts: int, top_k: int, layout: str = "joint", num_modalities: int = 1):
+    def __init__(self, dim: int, num_experts: int, top_k: int, layout: Layout = "joint", num_modalities: int = 1):
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown router layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
         self.layout, self.top_k = layout, top_k
         self.groups = 1 if layout == "joint" else num_modalities
         self.pool = num_experts  # experts one router chooses among
         self.num_experts = num_experts * (num_modalities if layout == "disjoint" else 1)
-        self.weight_GED = nn.Parameter(torch.empty(self.groups, num_experts, dim))
-        for w in self.weight_GED:
+        self.weight_GJD = nn.Parameter(torch.empty(self.groups, num_experts, dim))
+        for w in self.weight_GJD:
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's default
 
-    def scores(self, x_TD: Tensor, weight_GED: Tensor) -> Tensor:
-        """G x T x pool scores."""
-        return _dot(x_TD, weight_GED)
+    def scores(self, x_TD: Tensor, weight_GJD: Tensor) -> Tensor:
+        """G x T x J scores."""
+        return _dot(x_TD, weight_GJD)
 
-    def _select(self, scores_GTE: Tensor, modality_T: Tensor) -> Tensor:
+    def _select(self, scores_GTJ: Tensor, modality_T: Tensor) -> Tensor:
+        """Each token's scores from its group's router (T x J)."""
         if self.groups == 1:
-            return scores_GTE[0]
-        T = scores_GTE.shape[1]
-        return scores_GTE[modality_T, torch.arange(T, device=modality_T.device)]
+            return scores_GTJ[0]
+        T = scores_GTJ.shape[1]
+        return scores_GTJ[modality_T, torch.arange(T, device=modality_T.device)]
 
-    def _to_global(self, values_TP: Tensor, modality_T: Tensor, fill: float = float("-inf")) -> Tensor:
+    def _to_global(self, values_TJ: Tensor, modality_T: Tensor, fill: float = float("-inf")) -> Tensor:
         """Pool-local values -> values over all experts (``fill`` outside the token's pool)."""
         if self.layout != "disjoint":
-            return values_TP
-        cols_TP = (modality_T * self.pool)[:, None] + torch.arange(self.pool, device=modality_T.device)
-        return values_TP.new_full((values_TP.shape[0], self.num_experts), fill).scatter(1, cols_TP, values_TP)
+            return values_TJ
+        cols_TJ = (modality_T * self.pool)[:, None] + torch.arange(self.pool, device=modality_T.device)
+        return values_TJ.new_full((values_TJ.shape[0], self.num_experts), fill).scatter(1, cols_TJ, values_TJ)
 
     def _global_ids(self, local_ids_TK: Tensor, modality_T: Tensor) -> Tensor:
         return local_ids_TK if self.layout != "disjoint" else local_ids_TK + (modality_T * self.pool)[:, None]
 
     def forward(self, x_TD: Tensor, modality_T: Tensor) -> Routing:
-        logits_TP = self._select(self.scores(x_TD, self.weight_GED), modality_T)
-        top_vals_TK, local_ids_TK = logits_TP.topk(self.top_k, dim=1)
-        logits_TE = self._to_global(logits_TP, modality_T)
+        logits_TJ = self._select(self.scores(x_TD, self.weight_GJD), modality_T)
+        top_vals_TK, local_ids_TK = logits_TJ.topk(self.top_k, dim=1)
+        logits_TE = self._to_global(logits_TJ, modality_T)
         ids_TK = self._global_ids(local_ids_TK, modality_T)
         load = _indicator_load(ids_TK, self.num_experts, logits_TE)
         return Routing(top_vals_TK.softmax(dim=1), ids_TK, logits_TE, load)
@@ -111,16 +112,16 @@ class SoftmaxTopK(Router):
 class LaplaceTopK(Router):
     """FuseMoE's Laplace gate: score = -||x - w_e||_2 (distance to a learned expert embedding)."""
 
-    def scores(self, x_TD: Tensor, weight_GED: Tensor) -> Tensor:
-        return -torch.cdist(x_TD.unsqueeze(0).expand(weight_GED.shape[0], -1, -1), weight_GED)
+    def scores(self, x_TD: Tensor, weight_GJD: Tensor) -> Tensor:
+        return -torch.cdist(x_TD.unsqueeze(0).expand(weight_GJD.shape[0], -1, -1), weight_GJD)
 
 
 class GaussianTopK(Router):
     """FuseMoE's Gaussian gate: score = -||x - w_e||^2."""
 
-    def scores(self, x_TD: Tensor, weight_GED: Tensor) -> Tensor:
-        sq = (x_TD**2).sum(-1)[None, :, None] + (weight_GED**2).sum(-1)[:, None, :]
-        return -(sq - 2 * _dot(x_TD, weight_GED)).clamp(min=0)
+    def scores(self, x_TD: Tensor, weight_GJD: Tensor) -> Tensor:
+        sq = (x_TD**2).sum(-1)[None, :, None] + (weight_GJD**2).sum(-1)[:, None, :]
+        return -(sq - 2 * _dot(x_TD, weight_GJD)).clamp(min=0)
 
 
 class NoisyTopK(Router):
@@ -130,42 +131,25 @@ class NoisyTopK(Router):
 
     noisy = True
 
-    def __init__(self, dim: int, num_experts: int, top_k: int, layout: str = "joint", num_modalities: int = 1):
+    def __init__(self, dim: int, num_experts: int, top_k: int, layout: Layout = "joint", num_modalities: int = 1):
         super().__init__(dim, num_experts, top_k, layout, num_modalities)
-        self.noise_GED = nn.Parameter(torch.empty_like(self.weight_GED))
-        for w in self.noise_GED:
+        self.noise_GJD = nn.Parameter(torch.empty_like(self.weight_GJD))
+        for w in self.noise_GJD:
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
 
     def forward(self, x_TD: Tensor, modality_T: Tensor) -> Routing:
         if not self.training:
             return super().forward(x_TD, modality_T)
-        clean_TP = self._select(self.scores(x_TD, self.weight_GED), modality_T)
-        std_TP = F.softplus(self._select(self.scores(x_TD, self.noise_GED), modality_T)) + NOISE_EPSILON
-        noisy_TP = clean_TP + torch.randn_like(clean_TP) * std_TP
+        clean_TJ = self._select(self.scores(x_TD, self.weight_GJD), modality_T)
+        std_TJ = F.softplus(self._select(self.scores(x_TD, self.noise_GJD), modality_T)) + NOISE_EPSILON
+        noisy_TJ = clean_TJ + torch.randn_like(clean_TJ) * std_TJ
         k1 = min(self.top_k + 1, self.pool)
-        top_vals, top_ids = noisy_TP.topk(k1, dim=1)
+        top_vals, top_ids = noisy_TJ.topk(k1, dim=1)
         if self.top_k < self.pool:
-            load_TP = _prob_in_top_k(clean_TP, noisy_TP, std_TP, top_vals, self.top_k)
+            load_TJ = _prob_in_top_k(clean_TJ, noisy_TJ, std_TJ, top_vals, self.top_k)
         else:
-            load_TP = torch.ones_like(clean_TP)
-        logits_TE = self._to_global(noisy_TP, modality_T)
-        load_TE = self._to_global(load_TP, modality_T, fill=0.0)
+            load_TJ = torch.ones_like(clean_TJ)
+        logits_TE = self._to_global(noisy_TJ, modality_T)
+        load_TE = self._to_global(load_TJ, modality_T, fill=0.0)
         ids_TK = self._global_ids(top_ids[:, : self.top_k], modality_T)
         return Routing(top_vals[:, : self.top_k].softmax(dim=1), ids_TK, logits_TE, load_TE)
-
-
-ROUTERS: dict[str, type[Router]] = {
-    "softmax_topk": SoftmaxTopK,
-    "noisy_topk": NoisyTopK,
-    "laplace": LaplaceTopK,
-    "gaussian": GaussianTopK,
-}
-
-
-def build_router(cfg: RouterConfig, dim: int, num_experts: int, num_modalities: int = 1) -> Router:
-    """A router over ``num_experts`` experts (per modality pool for the disjoint layout)."""
-    if cfg.kind not in ROUTERS:
-        raise ValueError(f"unknown router {cfg.kind!r}; choose one of: {', '.join(ROUTERS)}")
-    if not 1 <= cfg.top_k <= num_experts:
-        raise ValueError(f"model.moe.router.top_k={cfg.top_k} must be between 1 and the {num_experts} experts")
-    return ROUTERS[cfg.kind](dim, num_experts, cfg.top_k, cfg.layout, num_modalities)

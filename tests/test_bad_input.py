@@ -17,7 +17,9 @@ import torch
 
 from multimoe.cli import main
 from multimoe.config import DataConfig
-from multimoe.data import DataError, Table, prepare
+from multimoe.data.prepare import prepare
+from multimoe.data.table import Table
+from multimoe.errors import DataError
 
 BASE = ["train.progress=false", "model.dim=8", "model.tokens=2", "model.heads=2", "model.moe.hidden=8",
         "model.moe.router.top_k=2", "train.epochs=1"]  # fmt: skip
@@ -76,7 +78,7 @@ CASES = {
     "negative seed": (lambda t: ["seed=-1"], ["seed=-1", "must be in"]),
     "run name with a slash": (lambda t: ["name=a/b"], ["name=", "out_dir"]),
     "top_k above the experts": (
-        lambda t: ["model.moe.router.top_k=9", "model.moe.num_experts=4", "model.moe.router.supervision=balance"],
+        lambda t: ["model.moe.router.top_k=9", "model.moe.num_experts=4", "model.moe.gate_loss.supervision=balance"],
         ["model.moe.router.top_k=9", "num_experts=4"],
     ),
     "override without =": (lambda t: ["epochs"], ["'epochs' is not key=value"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from multimoe.moe import PATHS
+from benchmarks.reference_paths import PATHS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -56,3 +56,32 @@ def test_console_script_datasets_lists_every_dataset():
     ).stdout
     for name in ("mfeat", "support2", "landsat", "synthetic"):
         assert f"{name}:" in out
+
+
+def _modules_after(code: str) -> list[str]:
+    """Which heavy libraries a fresh interpreter holds after running ``code``."""
+    probe = code + "\nimport sys\nprint(sorted(m for m in ('torch', 'sklearn', 'scipy', 'pandas') if m in sys.modules))"
+    return json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+                      .stdout.strip().splitlines()[-1].replace("'", '"'))  # fmt: skip
+
+
+def test_help_and_list_load_no_torch():
+    parse = "from multimoe.cli import build_parser\nbuild_parser().parse_known_args(['train', 'configs/flexmoe.yaml'])"
+    assert _modules_after(parse) == []
+    help_ = "import contextlib\nfrom multimoe.cli import main\nwith contextlib.suppress(SystemExit): main(['--help'])"
+    assert _modules_after(help_) == []
+    listing = "from multimoe.cli import main\nassert main(['list']) == 0"
+    assert _modules_after(listing) == []
+    assert _modules_after("import multimoe") == []
+
+
+def test_list_prints_every_registry_and_the_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for section in ("encoders (model.encoder.kind)", "routers (model.moe.router.kind)", "presets ("):
+        assert section in out
+    assert "noisy_topk" in out and "flexmoe " in out and "[baseline]" in out
+    assert main(["list", "routers"]) == 0
+    assert "fills" not in capsys.readouterr().out
+    assert main(["list", "widgets"]) == 2
+    assert "choose from: encoders, fills" in capsys.readouterr().err

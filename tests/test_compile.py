@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from multimoe.runs import evaluate_run
+from multimoe.runs.reopen import evaluate_run
 from multimoe.train import train
 
 

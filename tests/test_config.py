@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from multimoe.config import Config, ConfigError, load_config, parse_overrides, replace
+from multimoe.config import Config, ConfigError, parse_overrides, replace
+from multimoe.registry import load_config
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 
@@ -75,4 +76,4 @@ def test_replace_returns_a_validated_copy():
 def test_combination_supervision_needs_a_shared_pool():
     with pytest.raises(ConfigError, match="shared pool"):
         load_config(None, ["model.moe.router.layout=disjoint"])
-    load_config(None, ["model.moe.router.layout=disjoint", "model.moe.router.supervision=entropy"])
+    load_config(None, ["model.moe.router.layout=disjoint", "model.moe.gate_loss.supervision=entropy"])

@@ -1,15 +1,16 @@
 import pytest
 import torch
 
-from multimoe.config import EncoderConfig
-from multimoe.encoders import ENCODERS, PatchLinear, build_encoder
+from multimoe.config import ConfigError, EncoderConfig
+from multimoe.encoders import PatchLinear
+from multimoe.registry import ENCODERS
 
 
-@pytest.mark.parametrize("kind", sorted(ENCODERS))
+@pytest.mark.parametrize("kind", ENCODERS.names())
 @pytest.mark.parametrize("cell_mask", [False, True])
 @pytest.mark.parametrize("features", [1, 6, 47, 240])
 def test_encoder_shapes(kind, cell_mask, features):
-    enc = build_encoder(features, 16, 32, EncoderConfig(kind=kind, hidden=24, cell_mask=cell_mask))
+    enc = ENCODERS.build(kind, features, 16, 32, EncoderConfig(kind=kind, hidden=24, cell_mask=cell_mask))
     x = torch.randn(5, features)
     out = enc(x, torch.zeros(5, features, dtype=torch.bool))
     assert out.shape == (5, 16, 32)
@@ -27,7 +28,7 @@ def test_patch_linear_is_the_published_chunking():
 
 
 def test_cell_mask_changes_the_encoding():
-    enc = build_encoder(4, 2, 8, EncoderConfig(kind="mlp", cell_mask=True))
+    enc = ENCODERS.build("mlp", 4, 2, 8, EncoderConfig(kind="mlp", cell_mask=True))
     x = torch.zeros(1, 4)
     a = enc(x, torch.zeros(1, 4, dtype=torch.bool))
     b = enc(x, torch.ones(1, 4, dtype=torch.bool))
@@ -35,5 +36,5 @@ def test_cell_mask_changes_the_encoding():
 
 
 def test_unknown_encoder_lists_choices():
-    with pytest.raises(ValueError, match="patch_linear"):
-        build_encoder(4, 2, 8, EncoderConfig(kind="cnn"))
+    with pytest.raises(ConfigError, match="patch_linear"):
+        ENCODERS.build("cnn", 4, 2, 8, EncoderConfig(kind="cnn"))

@@ -49,7 +49,7 @@ def run(supervision, exclude="own"):
         num_modalities=2,
         supervision=supervision,
         exclude=exclude,
-        targets_C=combination_targets(3, 3, "identity"),
+        targets_S=combination_targets(3, 3, "identity"),
     ).item()
 
 

@@ -9,25 +9,27 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
-from multimoe.checkpoint import load_training_state
 from multimoe.cli import main
-from multimoe.guard import FiniteGuard, NonFiniteError
+from multimoe.errors import NonFiniteError
+from multimoe.guard import FiniteGuard
 from multimoe.model import build_model
-from multimoe.runs import load_run
+from multimoe.runs.checkpoint import load_training_state
+from multimoe.runs.folder import RunFolder
+from multimoe.runs.reopen import load_model
 from multimoe.train import train
 
 STEPS = 6  # tiny_config: 168 training rows in batches of 32
 
 
 def break_step(monkeypatch, epoch: int, step: int, kind: str) -> None:
-    """Make the training loss of (epoch, step), both 0-based, NaN (``loss``) or its gradient NaN (``grad``)."""
+    """Make the training loss of (epoch, step), both from 1, NaN (``loss``) or its gradient NaN (``grad``)."""
     real = F.cross_entropy
     calls = {"n": 0}
 
     def cross_entropy(logits, labels, *args, **kw):
         loss = real(logits, labels, *args, **kw)
         calls["n"] += 1
-        if calls["n"] != epoch * STEPS + step + 1:
+        if calls["n"] != (epoch - 1) * STEPS + step:
             return loss
         if kind == "loss":
             return loss * float("nan")
@@ -40,18 +42,18 @@ def break_step(monkeypatch, epoch: int, step: int, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_non_finite_step_stops_training_naming_it(tmp_path, monkeypatch, kind):
-    break_step(monkeypatch, epoch=1, step=3, kind=kind)
+    break_step(monkeypatch, epoch=2, step=4, kind=kind)
     with pytest.raises(NonFiniteError, match=r"epoch 2, step 4 of 6") as info:
         train(tiny_config(tmp_path, "train.epochs=3"))
     assert ("loss nan" if kind == "loss" else "gradient norm nan") in str(info.value)
     assert "the checkpoints of epoch 1 (the last completed) are kept" in str(info.value)
     (run_dir,) = tmp_path.iterdir()
-    assert [json.loads(s)["epoch"] for s in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0]
-    cfg, model = load_run(run_dir)  # the best checkpoint (epoch 1) is intact and loads
+    assert [json.loads(s)["epoch"] for s in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+    cfg, model = load_model(RunFolder.open(run_dir))  # the best checkpoint (epoch 1) is intact and loads
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
     fresh = build_model(cfg.model, model.schema)
     meta = load_training_state(run_dir / "state.safetensors", fresh, torch.optim.Adam(fresh.parameters()))
-    assert meta["progress"]["epoch"] == 0
+    assert meta["progress"]["epoch"] == 1
     assert not (run_dir / "summary.json").exists()
 
 
@@ -68,8 +70,8 @@ def test_cli_exits_2_on_divergence(tmp_path, capsys):
 def test_guard_records_the_first_bad_step_and_reads_it_later():
     guard = FiniteGuard(torch.device("cpu"), steps_per_epoch=10, every=4)  # as on an accelerator: read every 4 steps
     one = torch.tensor(1.0)
-    guard.observe(0, 0, one, one)
-    guard.observe(0, 1, one, torch.tensor(float("inf")))
-    guard.observe(0, 2, torch.tensor(float("nan")), one)  # later fault: the first one is reported
+    guard.observe(1, 1, one, one)
+    guard.observe(1, 2, one, torch.tensor(float("inf")))
+    guard.observe(1, 3, torch.tensor(float("nan")), one)  # later fault: the first one is reported
     with pytest.raises(NonFiniteError, match=r"gradient norm inf \(loss 1\) at epoch 1, step 2 of 10"):
-        guard.observe(0, 3, one, one)
+        guard.observe(1, 4, one, one)

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from multimoe.batch import Batch, combination_index
-from multimoe.config import ModelConfig, load_config
-from multimoe.data import DataSchema
-from multimoe.missing import FILLS
+from multimoe.config import ModelConfig
+from multimoe.data.dataset import DataSchema
 from multimoe.model import build_model, resolve
-from multimoe.routers import ROUTERS
+from multimoe.registry import FILLS, ROUTERS, load_config
 
 
-def small_cfg(**router) -> ModelConfig:
+def small_cfg(**settings) -> ModelConfig:
+    """A small model config; ``settings`` go to the router (kind, layout, top_k) or the gate loss."""
     cfg = load_config(
         None,
         [
@@ -23,8 +23,8 @@ def small_cfg(**router) -> ModelConfig:
             "model.moe.router.top_k=2",
         ],  # fmt: skip
     ).model
-    for k, v in router.items():
-        setattr(cfg.moe.router, k, v)
+    for k, v in settings.items():
+        setattr(cfg.moe.router if hasattr(cfg.moe.router, k) else cfg.moe.gate_loss, k, v)
     return cfg
 
 
@@ -40,8 +40,8 @@ SCHEMA3 = DataSchema(("a", "b", "c"), (5, 7, 3), ("x", "y", "z"))
 ALL_PRESENCE3 = torch.tensor([p for p in itertools.product([False, True], repeat=3) if any(p)])
 
 
-@pytest.mark.parametrize("fill", sorted(FILLS))
-@pytest.mark.parametrize("router", sorted(ROUTERS))
+@pytest.mark.parametrize("fill", FILLS.names())
+@pytest.mark.parametrize("router", ROUTERS.names())
 def test_forward_every_combination_of_three_modalities(fill, router):
     cfg, _ = resolve(small_cfg(kind=router), SCHEMA3)
     cfg.fill = fill
@@ -82,12 +82,12 @@ def test_experts_raised_to_one_per_combination_with_a_note():
     assert cfg2.moe.num_experts == 8 and not notes2
 
 
-def test_dense_ffn_matches_active_parameters():
+def test_dense_ffn_has_the_configured_width():
     cfg, _ = resolve(small_cfg(), SCHEMA3)
-    cfg.ffn = "dense"
+    cfg.ffn, cfg.dense_hidden = "dense", 24
     model = build_model(cfg, SCHEMA3)
     ffn = model.layers[0].ffn
-    assert ffn.fc1.out_features == cfg.moe.router.top_k * cfg.moe.hidden
+    assert ffn.fc1.out_features == 24
     assert model(make_batch(SCHEMA3, ALL_PRESENCE3)).aux_loss.item() == 0.0
 
 
@@ -111,4 +111,4 @@ def test_fusemoe_layouts_run_end_to_end(layout, supervision):
     (out.logits_BC.sum() + out.aux_loss).backward()
     E = model.layers[0].ffn.num_experts
     assert (3 * 8 if layout == "disjoint" else 8) == E
-    assert torch.isfinite(model.layers[0].ffn.router.weight_GED.grad).all()
+    assert torch.isfinite(model.layers[0].ffn.router.weight_GJD.grad).all()

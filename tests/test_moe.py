@@ -1,15 +1,18 @@
-"""The MoE engine against a naive per-token, per-slot reference: outputs and gradients to 1e-5, on every path,
-for every router, with random, skewed and empty-expert routing, dropless and with a capacity factor."""
+"""The MoE engine against a naive per-token, per-slot reference: outputs and gradients to 1e-5, on the engine and
+the reference paths of benchmarks/reference_paths.py, for every router, with random, skewed and empty-expert routing,
+dropless and with a capacity factor."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.reference_paths import PATHS, expert_ffn_path, grouped_supported
 from multimoe import moe as moe_mod
-from multimoe.config import RouterConfig
+from multimoe.config import GateLossConfig
+from multimoe.dispatch import expert_capacity, plan_dispatch
 from multimoe.gate_losses import combination_targets
-from multimoe.moe import PATHS, MoE, TokenInfo, expert_capacity, expert_ffn, plan_dispatch
-from multimoe.routers import ROUTERS, build_router
+from multimoe.moe import MoE, TokenInfo
+from multimoe.registry import ROUTERS
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -48,7 +51,7 @@ def routing(kind, T, E, K, g):
 
 def paths_for(D, H):
     x, w1, w2 = torch.zeros(1, D), torch.zeros(1, D, H), torch.zeros(1, H, D)
-    return [p for p in PATHS if p != "grouped" or moe_mod.grouped_supported(x, w1, w2)]
+    return [p for p in PATHS if p != "grouped" or grouped_supported(x, w1, w2)]
 
 
 def check_against_naive(T, E, K, D, H, kind, path, capacity_factor=0.0, device="cpu", seed=0):
@@ -60,7 +63,7 @@ def check_against_naive(T, E, K, D, H, kind, path, capacity_factor=0.0, device="
     w = torch.rand(T, K, generator=g).softmax(1)
     leaves = [t.to(device).clone().requires_grad_() for t in (x, w, *params)]
     ref_leaves = [t.double().requires_grad_() for t in (x, w, *params)]
-    out, counts = expert_ffn(leaves[0], ids, leaves[1], *leaves[2:], capacity_factor=capacity_factor, path=path)
+    out, counts = expert_ffn_path(leaves[0], ids, leaves[1], *leaves[2:], capacity_factor=capacity_factor, path=path)
     capacity = expert_capacity(capacity_factor, T, K, E)
     ref = naive(ref_leaves[0], ids.cpu(), ref_leaves[1], *ref_leaves[2:], capacity=capacity)
     torch.testing.assert_close(out.cpu(), ref.float(), **TOL)
@@ -73,17 +76,10 @@ def check_against_naive(T, E, K, D, H, kind, path, capacity_factor=0.0, device="
         torch.testing.assert_close(a.grad.cpu(), b.grad.float(), **TOL)
 
 
-@pytest.fixture(params=["numpy", "torch"])
-def plans(request, monkeypatch):
-    """Dispatch plans computed with numpy (CPU's default) or with torch (other devices' code, here on CPU)."""
-    monkeypatch.setattr(moe_mod, "_HOST_PLANS", request.param == "numpy")
-    return request.param
-
-
 @pytest.mark.parametrize("dims", [(8, 16), (6, 10)], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("kind", ["random", "skewed", "empty"])
 def test_every_path_equals_the_naive_reference(dims, kind, plans):
-    for path in ["auto", *paths_for(*dims)]:
+    for path in paths_for(*dims):
         check_against_naive(37, 5, 2, *dims, kind, path)
 
 
@@ -94,46 +90,37 @@ def test_capacity_factor_drops_pairs_past_the_capacity(kind, factor, plans):
         check_against_naive(29, 4, 2, 8, 16, kind, path, capacity_factor=factor)
 
 
-def test_capacity_keeps_top1_pairs_first(plans):
-    ids = torch.tensor([[0, 1], [1, 0], [0, 1]])  # top-1 pairs: expert 0 has two, expert 1 one
-    plan = plan_dispatch(ids, 2, capacity=2)  # expert 0 keeps (0, 0), (2, 0); expert 1 keeps (1, 0), (0, 1)
-    assert plan.keep_TK.tolist() == [[True, True], [True, False], [True, False]]
-    assert plan.counts_E.tolist() == [2, 2]
-    assert plan_dispatch(ids, 2, capacity=3).keep_TK is None
-
-
-def test_path_choice_and_grouped_support():
-    x, plan = torch.randn(4, 8), plan_dispatch(torch.tensor([[0], [1], [2], [0]]), 3)
-    assert moe_mod.choose_path(x, torch.randn(3, 8, 16), torch.randn(3, 16, 8), plan) == "padded"
-    assert moe_mod.grouped_supported(x, torch.randn(3, 8, 16)) == moe_mod._HAS_GROUPED_MM
-    assert not moe_mod.grouped_supported(x[:, :6], torch.randn(3, 6, 10))  # not 16-byte aligned
-    assert not moe_mod.grouped_supported(x.double(), torch.randn(3, 8, 16).double())
+def test_grouped_support_and_path_names():
+    x = torch.randn(4, 8)
+    assert grouped_supported(x, torch.randn(3, 8, 16)) == hasattr(torch, "_grouped_mm")
+    assert not grouped_supported(x[:, :6], torch.randn(3, 6, 10))  # not 16-byte aligned
+    assert not grouped_supported(x.double(), torch.randn(3, 8, 16).double())
     with pytest.raises(ValueError, match="unknown MoE path"):
-        expert_ffn(x, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), *[torch.zeros(3, 8, 8)] * 4, path="x")
+        expert_ffn_path(x, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), *[torch.zeros(3, 8, 8)] * 4, path="x")
     with pytest.raises(ValueError, match="grouped path needs"):
-        expert_ffn(x[:, :6], torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), torch.zeros(3, 6, 10),
-                   torch.zeros(3, 10), torch.zeros(3, 10, 6), torch.zeros(3, 6), path="grouped")  # fmt: skip
+        expert_ffn_path(x[:, :6], torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), torch.zeros(3, 6, 10),
+                        torch.zeros(3, 10), torch.zeros(3, 10, 6), torch.zeros(3, 6), path="grouped")  # fmt: skip
 
 
 def test_no_tokens():
     x = torch.zeros(0, 8, requires_grad=True)
     params = [torch.randn(3, 8, 16, requires_grad=True), torch.randn(3, 16), torch.randn(3, 16, 8), torch.randn(3, 8)]
     for path in paths_for(8, 16):
-        out, counts = expert_ffn(x, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2), *params, path=path)
+        out, counts = expert_ffn_path(x, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2), *params, path=path)
         assert out.shape == (0, 8) and counts.tolist() == [0, 0, 0]
         out.sum().backward()
         assert params[0].grad.abs().sum() == 0
 
 
 def _moe_module(kind, supervision, M=3, E=8, D=8, H=16, capacity_factor=0.0):
-    cfg = RouterConfig(kind=kind, top_k=2, supervision=supervision)
     targets = combination_targets((1 << M) - 1, E, "identity") if supervision == "combination" else None
-    return MoE(D, H, build_router(cfg, D, E, M), supervision, "own", targets, capacity_factor)
+    router = ROUTERS.build(kind, D, E, 2, "joint", M)
+    return MoE(D, H, router, GateLossConfig(supervision=supervision), targets, capacity_factor)
 
 
-@pytest.mark.parametrize("kind", sorted(ROUTERS))
+@pytest.mark.parametrize("kind", ROUTERS.names())
 @pytest.mark.parametrize("supervision", ["balance", "combination"])
-def test_moe_module_equals_the_naive_reference_for_every_router(kind, supervision, monkeypatch):
+def test_moe_module_equals_the_naive_reference_for_every_router(kind, supervision):
     """The whole layer (router, engine, gate loss): every parameter's gradient matches the naive engine's."""
     M, T, D = 3, 48, 8
     g = torch.Generator().manual_seed(1)
@@ -142,7 +129,7 @@ def test_moe_module_equals_the_naive_reference_for_every_router(kind, supervisio
     upstream = torch.randn(T, D, generator=g)
 
     def run(module, engine):
-        monkeypatch.setattr(moe_mod, "expert_ffn", engine)
+        module.engine = engine
         module.zero_grad(set_to_none=True)
         torch.manual_seed(0)  # the same noise for the noisy gate
         out = module(x, info)
@@ -156,7 +143,7 @@ def test_moe_module_equals_the_naive_reference_for_every_router(kind, supervisio
     module = _moe_module(kind, supervision, M, D=D)
     ref_out, ref_grads = run(module, naive_engine)
     for path in paths_for(D, 16):
-        engine = lambda *a, path=path, **kw: expert_ffn(*a, **kw, path=path)
+        engine = lambda *a, path=path, **kw: expert_ffn_path(*a, **kw, path=path)
         out, grads = run(module, engine)
         torch.testing.assert_close(out, ref_out, **TOL)
         for name, grad in grads.items():
@@ -166,15 +153,16 @@ def test_moe_module_equals_the_naive_reference_for_every_router(kind, supervisio
 @CUDA
 @pytest.mark.parametrize("kind", ["random", "skewed", "empty"])
 def test_every_path_equals_the_naive_reference_on_cuda(kind):
-    for path in ["auto", *paths_for(8, 16)]:
+    for path in paths_for(8, 16):
         check_against_naive(37, 5, 2, 8, 16, kind, path, device="cuda")
         check_against_naive(29, 4, 2, 8, 16, kind, path, capacity_factor=0.5, device="cuda")
 
 
 def test_capacity_factor_comes_from_the_config():
-    from multimoe.config import ConfigError, load_config
-    from multimoe.data import DataSchema
+    from multimoe.config import ConfigError
+    from multimoe.data.dataset import DataSchema
     from multimoe.model import build_model, resolve
+    from multimoe.registry import load_config
 
     schema = DataSchema(("a", "b"), (3, 4), ("x", "y"))
     cfg = load_config(None, ["model.dim=8", "model.tokens=2", "model.heads=2", "model.moe.capacity_factor=1.25"])
@@ -200,15 +188,9 @@ def test_padded_layout_with_overflow_equals_the_naive_reference(kind, plans):
     plan = plan_dispatch(ids, E)
     for width in sorted({0, 3, sorted(plan.counts)[E // 2], max(plan.counts)}):
         leaves = [t.clone().requires_grad_() for t in (x, w, *params)]
-        out = moe_mod._PaddedExpertFFN.apply(*leaves, plan, width)
+        out = moe_mod._ExpertFFN.apply(*leaves, plan.padded(width), plan.keep_TK)
         assert len(plan.padded(width).overflow) == sum(n > width for n in plan.counts)
         torch.testing.assert_close(out, ref.float(), **TOL)
         out.backward(upstream)
         for a, b in zip(leaves, ref_leaves):
             torch.testing.assert_close(a.grad, b.grad.float(), **TOL)
-
-
-def test_padded_width_trades_padding_for_calls():
-    assert moe_mod.padded_width([128] * 16) == 128  # balanced: no padding, no overflow
-    assert moe_mod.padded_width([6144] + [1229] * 15) == 1229  # one large expert overflows
-    assert moe_mod.padded_width([]) == 0

@@ -7,6 +7,7 @@
 """
 
 import math
+import typing
 
 import numpy as np
 import torch
@@ -14,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multimoe.batch import Batch, combination_index
-from multimoe.config import load_config
-from multimoe.data import DataSchema, apply_protocol, combination_presence
-from multimoe.encoders import ENCODERS
-from multimoe.missing import FILLS
+from multimoe.config import RouterConfig
+from multimoe.data.dataset import DataSchema
+from multimoe.data.protocols import apply_protocol, combination_presence
 from multimoe.model import build_model, resolve
-from multimoe.routers import LAYOUTS, ROUTERS
+from multimoe.registry import ENCODERS, FILLS, ROUTERS, load_config
+
+LAYOUTS = typing.get_args(typing.get_type_hints(RouterConfig)["layout"])
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -41,13 +43,13 @@ def model_cases(draw):
         "present": [[bool(c >> m & 1) for m in range(M)] for c in combos],
         "classes": draw(st.integers(2, 5)),
         "overrides": [
-            f"model.moe.router.kind={draw(st.sampled_from(sorted(ROUTERS)))}",
+            f"model.moe.router.kind={draw(st.sampled_from(ROUTERS.names()))}",
             f"model.moe.router.layout={layout}",
-            f"model.moe.router.supervision={supervision}",
+            f"model.moe.gate_loss.supervision={supervision}",
             f"model.moe.num_experts={experts}",
             f"model.moe.router.top_k={draw(st.integers(1, experts))}",
-            f"model.fill={draw(st.sampled_from(sorted(FILLS)))}",
-            f"model.encoder.kind={draw(st.sampled_from(sorted(ENCODERS)))}",
+            f"model.fill={draw(st.sampled_from(FILLS.names()))}",
+            f"model.encoder.kind={draw(st.sampled_from(ENCODERS.names()))}",
             f"model.encoder.cell_mask={draw(st.booleans())}",
             f"model.ffn={draw(st.sampled_from(['moe', 'moe', 'dense']))}",
             f"model.layers={draw(st.integers(1, 2))}",

@@ -12,12 +12,10 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from multimoe.bank_similarity import bank_pairs, claim_frames, correlation_ci, mantel_test
-from multimoe.batch import combinations
 from multimoe.cli import main
 from multimoe.evaluate import predict
 from multimoe.report import render_html, report_frames, routing_report_frames, save_report
-from multimoe.runs import open_run
+from multimoe.runs.reopen import open_run
 from multimoe.train import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -160,41 +158,7 @@ def test_bank_baseline_is_the_rebuilt_initialisation(report):
 def test_drift_has_one_point_per_epoch(report):
     drift = report[2]["drift"]
     for stat in ("load_cv", "own_weight", "usage_entropy"):
-        assert sorted(drift.loc[drift["stat"] == stat, "epoch"].unique()) == [0, 1]
-
-
-def test_bank_claim_detects_similarity_that_grows_with_shared_modalities():
-    M, P, D = 4, 2, 8
-    g = torch.Generator().manual_seed(0)
-    per_modality_MF = torch.randn(M, P * D, generator=g)
-    bank = torch.randn((1 << M) - 1, M, P * D, generator=g) * 0.3
-    for c, combo in enumerate(combinations(M)):
-        bank[c] += per_modality_MF[list(combo)].sum(dim=0)  # fills built from the observed modalities
-    bank = bank.view(-1, M, P, D).numpy()
-    seen = np.ones(len(bank), dtype=int)
-    seen[combinations(M).index((0, 1))] = 0  # a combination never seen in training is left out
-    pairs = bank_pairs(bank, ["a", "b", "c", "d"], seen)
-    assert not (pairs["combination_a"].eq("a+b") | pairs["combination_b"].eq("a+b")).any()
-    claim = claim_frames(pairs, resamples=200, seed=0)["bank_claim"].iloc[0]
-    assert claim["spearman"] > 0.5 and claim["spearman_lo"] > 0.3 and claim["pearson"] > 0.5
-    assert claim["mantel_p"] < 0.02
-    noise = correlation_ci(pairs["shared"], np.random.default_rng(0).normal(size=len(pairs)), 200, 0)
-    assert noise["spearman_lo"] < 0 < noise["spearman_hi"]
-    random_bank = np.random.default_rng(1).normal(size=bank.shape)
-    assert mantel_test(bank_pairs(random_bank, ["a", "b", "c", "d"], seen), "cosine_trained", 200)["mantel_p"] > 0.05
-    assert correlation_ci([1, 1, 1], [0.1, 0.2, 0.3])["spearman"] is None  # no spread: undefined, no crash
-
-
-def test_bank_claim_without_pairs_is_undefined_not_an_error():
-    """support2 under `natural`: only the full set and one partial combination occur, so no two trained
-    combinations lack the same modality."""
-    bank = np.random.default_rng(0).normal(size=(31, 5, 2, 4))
-    seen = np.zeros(31, dtype=int)
-    seen[[0, 1]] = 1
-    pairs = bank_pairs(bank, ["a", "b", "c", "d", "e"], seen, init_CMPD=bank * 0.5)
-    assert pairs.empty and "cosine_update" in pairs
-    claim = claim_frames(pairs)["bank_claim"]
-    assert list(claim["pairs"]) == [0, 0, 0] and claim["spearman"].isna().all()
+        assert sorted(drift.loc[drift["stat"] == stat, "epoch"].unique()) == [1, 2]
 
 
 def test_model_without_bank_reports_through_the_cli_under_another_protocol(tmp_path, capsys):

@@ -49,11 +49,11 @@ def test_same_seed_same_metrics_on_cpu(tmp_path):
 def test_curriculum_sorts_warmup_epochs_then_shuffles():
     n_present = torch.tensor([1, 3, 2, 3, 1, 2])
     cfg = TrainConfig(warmup_epochs=2, order="descending")
-    first = epoch_order(0, n_present, cfg, seed=0)
+    first = epoch_order(1, n_present, cfg, seed=0)  # epochs count from 1
     assert first.tolist() == [1, 3, 2, 5, 0, 4]  # stable sort, descending
-    assert torch.equal(first, epoch_order(1, n_present, cfg, seed=0))  # unshuffled warm-up
-    asc = epoch_order(0, n_present, TrainConfig(warmup_epochs=2, order="ascending"), seed=0)
+    assert torch.equal(first, epoch_order(2, n_present, cfg, seed=0))  # unshuffled warm-up
+    asc = epoch_order(1, n_present, TrainConfig(warmup_epochs=2, order="ascending"), seed=0)
     assert n_present[asc].tolist() == sorted(n_present.tolist())
-    later = [epoch_order(e, n_present, cfg, seed=0) for e in (2, 3)]
+    later = [epoch_order(e, n_present, cfg, seed=0) for e in (3, 4)]
     assert all(sorted(o.tolist()) == list(range(6)) for o in later)
-    assert torch.equal(later[0], epoch_order(2, n_present, cfg, seed=0))  # pure function of (epoch, seed)
+    assert torch.equal(later[0], epoch_order(3, n_present, cfg, seed=0))  # pure function of (epoch, seed)

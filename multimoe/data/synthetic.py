@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from multimoe.config import DataConfig
-from multimoe.data.table import DataError, Table
+from multimoe.data.builtin import BuiltinDataset
+from multimoe.data.table import Table
+from multimoe.errors import DataError
 
 LATENT = 8  # latent width behind each modality's features
 
@@ -45,3 +47,6 @@ def generate(modalities: int, features: int, samples: int, classes: int, noise: 
 def load(cfg: DataConfig) -> Table:
     s = cfg.synthetic
     return generate(s.modalities, s.features, s.samples, s.classes, s.noise)
+
+
+DATASET = BuiltinDataset(load, license="generated")

@@ -19,11 +19,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from multimoe.config import load_yaml
-
-
-class DataError(ValueError):
-    """Input data that cannot be used as given; the message names the file, column or row and what to do."""
+from multimoe.config import DataConfig, load_yaml
+from multimoe.errors import DataError
+from multimoe.registry import DATASETS
 
 
 @dataclass
@@ -200,3 +198,10 @@ def load_spec(spec_path: str | Path) -> Table:
         source=str(data_path.name),
     )
     return table
+
+
+def build_table(cfg: DataConfig) -> Table:
+    """The Table a data config names: the user's spec when ``spec`` is set, else the built-in dataset ``name``."""
+    if cfg.spec:
+        return load_spec(cfg.spec)
+    return DATASETS.get(cfg.name).load(cfg)

@@ -1,6 +1,6 @@
 """Is the missing-modality bank organised by shared modalities? Flex-MoE's claim, tested on a trained bank.
 
-Shapes: C = 2^M - 1 combinations, M modalities, P tokens, D width.
+Shape letters: the legend in ``multimoe/__init__.py`` (S = 2^M - 1 combinations, M modalities, P tokens, D width).
 
 Flex-MoE fills a missing modality m of a sample with combination c by bank[c, m] and reports that the fills of
 combinations which share more observed modalities are more similar. For two combinations c1 != c2 that both lack m,
@@ -33,36 +33,36 @@ def _unit(x_NF: np.ndarray) -> np.ndarray:
 
 
 def bank_pairs(
-    bank_CMPD: np.ndarray,
+    bank_SMPD: np.ndarray,
     modalities: tuple[str, ...] | list[str],
-    train_count_C: np.ndarray,
-    init_CMPD: np.ndarray | None = None,
+    train_count_S: np.ndarray,
+    init_SMPD: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per (modality m, combinations c1 < c2 both lacking m, both seen in training): modality, the two
     combinations (names and indices), shared (modalities both observe) and the cosine of their fills, trained and,
-    when ``init_CMPD`` is given, at initialisation and of the update."""
+    when ``init_SMPD`` is given, at initialisation and of the update."""
     modalities = list(modalities)
     M = len(modalities)
     combos = combinations(M)
-    present_CM = np.zeros((len(combos), M), dtype=bool)
+    present_SM = np.zeros((len(combos), M), dtype=bool)
     for c, combo in enumerate(combos):
-        present_CM[c, list(combo)] = True
-    banks = {"trained": bank_CMPD}
-    if init_CMPD is not None:
-        banks |= {"init": init_CMPD, "update": bank_CMPD - init_CMPD}
+        present_SM[c, list(combo)] = True
+    banks = {"trained": bank_SMPD}
+    if init_SMPD is not None:
+        banks |= {"init": init_SMPD, "update": bank_SMPD - init_SMPD}
     parts = []
     for m in range(M):
-        lacking_L = np.flatnonzero(~present_CM[:, m] & (np.asarray(train_count_C) > 0))
+        lacking_L = np.flatnonzero(~present_SM[:, m] & (np.asarray(train_count_S) > 0))
         a_N, b_N = (lacking_L[i] for i in np.triu_indices(len(lacking_L), 1))
         part = {"modality": np.full(len(a_N), m), "index_a": a_N, "index_b": b_N}
-        part["shared"] = (present_CM[a_N] & present_CM[b_N]).sum(axis=1)
+        part["shared"] = (present_SM[a_N] & present_SM[b_N]).sum(axis=1)
         iu = np.triu_indices(len(lacking_L), 1)
         for name, bank in banks.items():
             u_LF = _unit(bank[lacking_L, m].reshape(len(lacking_L), -1 if len(lacking_L) else 0))
             part[f"cosine_{name}"] = (u_LF @ u_LF.T)[iu]
         parts.append(pd.DataFrame(part))
     frame = pd.concat(parts, ignore_index=True)
-    names = {int(c): combination_name(int(c), modalities) for c in np.flatnonzero(np.asarray(train_count_C) > 0)}
+    names = {int(c): combination_name(int(c), modalities) for c in np.flatnonzero(np.asarray(train_count_S) > 0)}
     frame.insert(1, "combination_a", frame["index_a"].map(names))
     frame.insert(2, "combination_b", frame["index_b"].map(names))
     frame["modality"] = [modalities[m] for m in frame["modality"]]
@@ -188,10 +188,10 @@ def claim_frames(pairs: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> d
 
 
 def bank_rows(
-    bank_CMPD: np.ndarray,
+    bank_SMPD: np.ndarray,
     modalities: tuple[str, ...] | list[str],
-    train_count_C: np.ndarray,
-    init_CMPD: np.ndarray | None = None,
+    train_count_S: np.ndarray,
+    init_SMPD: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per fill that can be read (combination c, modality m it lacks): training samples that read it, its
     norm, and, with the initial bank, its cosine with its initial value and the relative size of its update."""
@@ -206,22 +206,22 @@ def bank_rows(
                 "combination": combination_name(combo, modalities),
                 "index": c,
                 "modality": name,
-                "train_samples": int(train_count_C[c]),
-                "norm": float(np.linalg.norm(bank_CMPD[c, m])),
+                "train_samples": int(train_count_S[c]),
+                "norm": float(np.linalg.norm(bank_SMPD[c, m])),
             }
-            if init_CMPD is not None:
-                v, v0 = bank_CMPD[c, m].ravel().astype(np.float64), init_CMPD[c, m].ravel().astype(np.float64)
+            if init_SMPD is not None:
+                v, v0 = bank_SMPD[c, m].ravel().astype(np.float64), init_SMPD[c, m].ravel().astype(np.float64)
                 row["cosine_to_init"] = float(v @ v0 / max(np.linalg.norm(v) * np.linalg.norm(v0), 1e-30))
                 row["relative_update"] = float(np.linalg.norm(v - v0) / max(np.linalg.norm(v0), 1e-30))
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def never_read_unchanged(bank_CMPD: np.ndarray, init_CMPD: np.ndarray, num_modalities: int) -> bool:
-    """Whether the entries training can never read (bank[c, m] with m observed in c) equal ``init_CMPD``: they get
+def never_read_unchanged(bank_SMPD: np.ndarray, init_SMPD: np.ndarray, num_modalities: int) -> bool:
+    """Whether the entries training can never read (bank[c, m] with m observed in c) equal ``init_SMPD``: they get
     no gradient, so this confirms the rebuilt initialisation is the run's (false e.g. under weight decay)."""
     for c, combo in enumerate(combinations(num_modalities)):
         for m in combo:
-            if not np.array_equal(bank_CMPD[c, m], init_CMPD[c, m]):
+            if not np.array_equal(bank_SMPD[c, m], init_SMPD[c, m]):
                 return False
     return True

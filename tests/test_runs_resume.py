@@ -14,9 +14,11 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from multimoe import resume
 from multimoe.cli import main
-from multimoe.config import ConfigError, load_config, replace, to_dict
+from multimoe.config import ConfigError, replace, to_dict
+from multimoe.registry import load_config
+from multimoe.runs import resume
+from multimoe.runs.folder import RunFolder
 from multimoe.train import train
 
 TRAIN = sys.modules["multimoe.train"]  # the package exports the function `train` under the module's name
@@ -72,10 +74,10 @@ def kill_at(monkeypatch, owner, name: str, when) -> None:
 
 
 SCENARIOS = {
-    # after epoch 1's metric lines, before its training state
-    "before the state": (resume, "save_progress", lambda run_dir, m, o, progress, meta: progress.epoch == 1),
-    # after the state of an improved epoch, before its best checkpoint
-    "before the best checkpoint": (TRAIN, "save_checkpoint", lambda path, model, meta: meta["epoch"] >= 1),
+    # after epoch 2's metric lines, before its training state
+    "before the state": (resume, "save_progress", lambda folder, m, o, progress, meta: progress.epoch == 2),
+    # after the state of an improved epoch (not the first), before its best checkpoint
+    "before the best checkpoint": (TRAIN, "save_checkpoint", lambda path, model, meta: meta["epoch"] >= 2),
     # after the last epoch, before the summary
     "before the summary": (TRAIN, "load_checkpoint", lambda *a, **kw: True),
 }
@@ -96,7 +98,7 @@ def test_kill_at_each_point_then_resume_matches_uninterrupted(tmp_path, monkeypa
     assert result.test == reference.test and result.val == reference.val
     assert result.best_epoch == reference.best_epoch
     assert epochs_of(run_dir) == epochs_of(reference.run_dir)  # each epoch once, identical
-    assert not (run_dir / resume.STATE_FILE).exists()  # removed once the summary is written
+    assert not (run_dir / RunFolder.STATE).exists()  # removed once the summary is written
 
 
 def test_early_stopped_run_killed_before_its_summary_does_not_train_on(tmp_path, monkeypatch):

@@ -269,18 +269,18 @@ def drift_plot(drift: pd.DataFrame, epochs: pd.DataFrame, best_epoch: int | None
         sub = drift[drift["stat"] == stat]
         for (layer, group), g in sub.groupby(["layer", "group"], sort=False):
             name = group if sub["layer"].nunique() == 1 else f"{group}, layer {layer}"
-            ax.plot(g["epoch"] + 1, g["value"], marker=".", lw=1, label=name)
+            ax.plot(g["epoch"], g["value"], marker=".", lw=1, label=name)
         ax.set_ylabel(labels[stat])
         ax.legend(fontsize=6)
     if has_val:
         ax = axes[-1]
-        ax.plot(epochs["epoch"] + 1, epochs[f"val_{select}"], marker=".", color="black", lw=1)
+        ax.plot(epochs["epoch"], epochs[f"val_{select}"], marker=".", color="black", lw=1)
         ax.set_ylabel(f"validation {select}")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch is not None:
-            ax.axvline(best_epoch + 1, color="gray", ls="--", lw=0.8)
+            ax.axvline(best_epoch, color="gray", ls="--", lw=0.8)
     fig.suptitle(
         "Routing drift on the validation split (dashed: the best epoch, evaluated in this report)", fontsize=10
     )

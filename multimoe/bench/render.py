@@ -1,11 +1,4 @@
-"""Benchmark results a person can read: statistics over seeds, paired comparisons, tables and plots.
-
-Statistics: per cell of the grid and method, the mean, standard deviation (ddof=1) and a 95 % t confidence
-interval over seeds. Each method is compared with the reference on the seeds both finished (same splits, same
-masks): the mean paired difference with its 95 % t interval and a paired t-test; "better" / "worse" when the
-interval excludes 0, else "within noise". No correction for multiple comparisons is applied (say so when reading).
-The primary metric is accuracy for multiclass tasks and the positive-class AUC for binary ones.
-"""
+"""Benchmark results a person can read: tables (statistics from ``stats.py``) and plots, per sweep."""
 
 from __future__ import annotations
 
@@ -13,17 +6,13 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from multimoe.bench import Sweep, read_cells, read_sessions  # noqa: E402
-
-MARK = {"better": "▲", "worse": "▼", "within noise": "≈", "n/a": ""}
+from multimoe.bench.stats import MARK, mean_ci, paired, primary_metric
+from multimoe.bench.store import read_cells, read_sessions
+from multimoe.bench.sweep import Sweep
 
 
 def point_label(point: dict) -> str:
@@ -31,42 +20,6 @@ def point_label(point: dict) -> str:
     missing = point.get("data.missing", "")
     rest = ", ".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in ("data.name", "data.missing"))
     return " ".join(x for x in (name, missing, f"({rest})" if rest else "") if x)
-
-
-def primary_metric(classes: int) -> str:
-    return "auc" if classes == 2 else "accuracy"
-
-
-def mean_ci(values) -> dict:
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
-    mean = float(v.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "std": None, "ci_low": None, "ci_high": None}
-    std = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def paired(method: dict[int, float], reference: dict[int, float]) -> dict:
-    """Paired comparison over the seeds both have: mean difference, its 95 % t interval, p, verdict."""
-    seeds = sorted(set(method) & set(reference))
-    d = np.array([method[s] - reference[s] for s in seeds], dtype=float)
-    if len(d) < 2:
-        return {"pairs": len(d), "diff": float(d.mean()) if len(d) else None, "diff_low": None, "diff_high": None,
-                "p": None, "verdict": "n/a"}  # fmt: skip
-    ci = mean_ci(d)
-    if ci["std"] == 0:
-        verdict = "within noise" if ci["mean"] == 0 else ("better" if ci["mean"] > 0 else "worse")
-        p = 1.0 if ci["mean"] == 0 else 0.0
-    else:
-        t_stat = ci["mean"] / (ci["std"] / math.sqrt(len(d)))
-        p = float(2 * stats.t.sf(abs(t_stat), len(d) - 1))  # paired t-test
-        verdict = "better" if ci["ci_low"] > 0 else "worse" if ci["ci_high"] < 0 else "within noise"
-    return {"pairs": len(d), "diff": ci["mean"], "diff_low": ci["ci_low"], "diff_high": ci["ci_high"], "p": p,
-            "verdict": verdict}  # fmt: skip
 
 
 def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
@@ -171,7 +124,8 @@ def plot_missing_rate(frame: pd.DataFrame, sweep: Sweep, path: Path) -> list[Pat
         if g.rate.nunique() < 2:
             continue
         metric = primary_metric(int(g.classes.iloc[0]))
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.subplots()
         for method in [m for m in sweep.methods if m in set(g.method)]:
             stats_ = [(rate, mean_ci(h[metric])) for rate, h in g[g.method == method].groupby("rate")]
             x = [r for r, _ in stats_]
@@ -188,7 +142,6 @@ def plot_missing_rate(frame: pd.DataFrame, sweep: Sweep, path: Path) -> list[Pat
         fig.tight_layout()
         out = path / f"{dataset}-missing-rate.png"
         fig.savefig(out, dpi=120)
-        plt.close(fig)
         written.append(out)
     return written
 
@@ -213,7 +166,8 @@ def plot_combinations(combos: pd.DataFrame, sweep: Sweep, path: Path) -> list[Pa
         table = table.sort_index(level="index")[[m for m in sweep.methods if m in table.columns]]
         n_rows = len(table)
         values = table.to_numpy(dtype=float)
-        fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * table.shape[1]), 1.5 + 0.22 * n_rows))
+        fig = Figure(figsize=(max(5.5, 2.5 + 0.9 * table.shape[1]), 1.5 + 0.22 * n_rows))
+        ax = fig.subplots()
         im = ax.imshow(values, aspect="auto", cmap="viridis")
         if n_rows <= 31:  # small enough to print the numbers
             for (i, j), v in np.ndenumerate(values):
@@ -228,7 +182,6 @@ def plot_combinations(combos: pd.DataFrame, sweep: Sweep, path: Path) -> list[Pa
         fig.tight_layout()
         out = path / f"{point.replace(' ', '_').replace(':', '')}-combinations.png"
         fig.savefig(out, dpi=120)
-        plt.close(fig)
         written.append(out)
     return written
 

@@ -1,8 +1,8 @@
 """Routing statistics: which experts serve which modality combinations and modalities, how decided the router is and
 how balanced the load — on a data split, and per epoch from a run's validation routing log (drift).
 
-Shapes: T tokens, K experts per token, E experts, M modalities, C = 2^M - 1 combinations, G groups of tokens
-(combinations, or (modality, observed) pairs: G = 2M).
+Shape letters: the legend in ``multimoe/__init__.py`` (T tokens, K experts per token, E experts, M modalities,
+S = 2^M - 1 combinations, G groups of tokens: combinations, or (modality, observed) pairs, G = 2M).
 
 Definitions (the report and its tests rely on them; every share row sums to 1 over the experts):
 - slot share of expert e in a group: the share of the group's (token, top-k slot) assignments that go to e, i.e. the
@@ -33,11 +33,11 @@ SHARES = ("slot_share", "weight_share", "top1_share")
 
 
 def presence_table(num_modalities: int) -> Tensor:
-    """C x M bool: which modalities each combination observes (published order)."""
-    present_CM = torch.zeros(len(combinations(num_modalities)), num_modalities, dtype=torch.bool)
+    """S x M bool: which modalities each combination observes (published order)."""
+    present_SM = torch.zeros(len(combinations(num_modalities)), num_modalities, dtype=torch.bool)
     for c, combo in enumerate(combinations(num_modalities)):
-        present_CM[c, list(combo)] = True
-    return present_CM
+        present_SM[c, list(combo)] = True
+    return present_SM
 
 
 def _entropy(p_GE: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ class RoutingTally:
 
     def __init__(self, num_modalities: int) -> None:
         self.num_modalities = num_modalities
-        self.present_CM = presence_table(num_modalities)
+        self.present_SM = presence_table(num_modalities)
         self.layers: list[tuple[_GroupTally, _GroupTally]] = []  # (by combination, by modality x observed)
         self.top_k: list[int] = []
 
@@ -93,7 +93,7 @@ class RoutingTally:
             return
         info = out.info
         combo_T, modality_T = info.combo_T.cpu(), info.modality_T.cpu()
-        observed_T = self.present_CM[combo_T, modality_T]
+        observed_T = self.present_SM[combo_T, modality_T]
         state_T = modality_T * 2 + observed_T.long()
         for i, moe_out in enumerate(out.moe):
             r = moe_out.routing
@@ -102,7 +102,7 @@ class RoutingTally:
             entropy_T = -(p_TE * p_TE.clamp(min=1e-30).log()).sum(dim=1).cpu()
             if i == len(self.layers):
                 E = r.logits_TE.shape[1]
-                self.layers.append((_GroupTally(len(self.present_CM), E), _GroupTally(2 * self.num_modalities, E)))
+                self.layers.append((_GroupTally(len(self.present_SM), E), _GroupTally(2 * self.num_modalities, E)))
                 self.top_k.append(ids_TK.shape[1])
             by_combo, by_state = self.layers[i]
             by_combo.add(combo_T, ids_TK, weights_TK, entropy_T)
@@ -133,6 +133,92 @@ def _activation_frame(keys: pd.DataFrame, stats: dict[str, np.ndarray], layer: i
     return frame[has].drop(columns="tokens").reset_index(drop=True)
 
 
+def _entropy_columns(frame: pd.DataFrame, stats: dict[str, np.ndarray], layer: int) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.insert(0, "layer", layer)
+    frame["router_entropy"] = stats["router_entropy"]
+    frame["usage_entropy"] = stats["usage_entropy"]
+    frame["effective_experts"] = np.exp(stats["usage_entropy"])
+    return frame
+
+
+def _combination_frames(by_combo: _GroupTally, modalities: list[str], target_S, K: int, layer: int):
+    """Activation and routing by combination (own expert under combination supervision)."""
+    combos = combinations(len(modalities))
+    keys = pd.DataFrame(
+        {
+            "combination": [combination_name(c, modalities) for c in combos],
+            "index": np.arange(len(combos)),
+            "size": [len(c) for c in combos],
+            "tokens": by_combo.tokens_G.astype(np.int64),
+        }
+    )
+    stats = _group_rows(by_combo)
+    routing = _entropy_columns(keys, stats, layer)
+    if target_S is not None:
+        rows = np.arange(len(combos))
+        at = routing.columns.get_loc("router_entropy")
+        routing.insert(at, "own_expert", target_S)
+        routing.insert(at + 1, "own_top1", stats["top1_share"][rows, target_S])
+        routing.insert(at + 2, "own_topk", stats["slot_share"][rows, target_S] * K)  # tokens whose top-k has it
+        routing.insert(at + 3, "own_weight", stats["weight_share"][rows, target_S])
+    return _activation_frame(keys, stats, layer), routing[routing["tokens"] > 0]
+
+
+def _modality_frames(by_state: _GroupTally, modalities: list[str], layer: int):
+    """Activation and routing by (modality, observed or filled); observed modalities first, then fills."""
+    M = len(modalities)
+    keys = pd.DataFrame(
+        {
+            "modality": np.repeat(modalities, 2),
+            "observed": np.tile([False, True], M),
+            "tokens": by_state.tokens_G.astype(np.int64),
+        }
+    )
+    order = np.argsort(~keys["observed"].to_numpy(), kind="stable")
+    stats = {k: v[order] for k, v in _group_rows(by_state).items()}
+    keys = keys.iloc[order].reset_index(drop=True)
+    routing = _entropy_columns(keys, stats, layer)
+    return _activation_frame(keys, stats, layer), routing[routing["tokens"] > 0]
+
+
+def _load_frames(by_combo: _GroupTally, names: list[str], target_S, K: int, layer: int):
+    """Per expert (slots, importance, the combination it is the target of), and the balance over experts."""
+    slots_E = by_combo.slots_GE.sum(axis=0)
+    importance_E = by_combo.weight_GE.sum(axis=0)
+    E = len(slots_E)
+    targeted = [""] * E
+    for c, e in enumerate(target_S if target_S is not None else []):
+        targeted[e] = "; ".join(filter(None, [targeted[e], names[c]]))
+    load = pd.DataFrame(
+        {
+            "layer": layer,
+            "expert": np.arange(E),
+            "slots": slots_E.astype(np.int64),
+            "slot_share": slots_E / max(slots_E.sum(), 1),
+            "importance": importance_E,
+            "target_of": targeted,
+        }
+    )
+    balance = pd.DataFrame(
+        {
+            "layer": [layer],
+            "experts": [E],
+            "top_k": [K],
+            "tokens": [int(by_combo.tokens_G.sum())],
+            "slot_cv": [coefficient_of_variation(slots_E)],
+            "importance_cv": [coefficient_of_variation(importance_E)],
+            "max_over_mean": [float(slots_E.max() / slots_E.mean()) if slots_E.mean() > 0 else np.nan],
+            "unused_experts": [int((slots_E == 0).sum())],
+        }
+    )
+    return load, balance
+
+
+FRAMES = ("activation_combination", "routing_combination", "activation_modality", "routing_modality", "load",
+          "load_balance")  # fmt: skip
+
+
 def routing_frames(
     tally: RoutingTally, modalities: tuple[str, ...] | list[str], targets: list[Tensor | None]
 ) -> dict[str, pd.DataFrame]:
@@ -149,96 +235,19 @@ def routing_frames(
     ``targets[layer]`` maps combination -> expert under combination supervision (None otherwise).
     """
     modalities = list(modalities)
-    M = len(modalities)
-    combos = combinations(M)
-    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in ("ac", "am", "rc", "rm", "load", "bal")}
+    names = [combination_name(c, modalities) for c in combinations(len(modalities))]
+    parts: dict[str, list[pd.DataFrame]] = {k: [] for k in FRAMES}
     for layer, ((by_combo, by_state), K) in enumerate(zip(tally.layers, tally.top_k)):
-        E = by_combo.slots_GE.shape[1]
-        target_C = targets[layer] if layer < len(targets) else None
-        target_C = None if target_C is None else target_C.cpu().numpy()
-
-        keys_c = pd.DataFrame(
-            {
-                "combination": [combination_name(c, modalities) for c in combos],
-                "index": np.arange(len(combos)),
-                "size": [len(c) for c in combos],
-                "tokens": by_combo.tokens_G.astype(np.int64),
-            }
+        target_S = targets[layer] if layer < len(targets) else None
+        target_S = None if target_S is None else target_S.cpu().numpy()
+        frames = (
+            *_combination_frames(by_combo, modalities, target_S, K, layer),
+            *_modality_frames(by_state, modalities, layer),
+            *_load_frames(by_combo, names, target_S, K, layer),
         )
-        stats_c = _group_rows(by_combo)
-        frames["ac"].append(_activation_frame(keys_c, stats_c, layer))
-        rc = keys_c.copy()
-        rc.insert(0, "layer", layer)
-        if target_C is not None:
-            rows = np.arange(len(combos))
-            rc["own_expert"] = target_C
-            rc["own_top1"] = stats_c["top1_share"][rows, target_C]
-            rc["own_topk"] = stats_c["slot_share"][rows, target_C] * K  # share of tokens whose top-k includes it
-            rc["own_weight"] = stats_c["weight_share"][rows, target_C]
-        rc["router_entropy"] = stats_c["router_entropy"]
-        rc["usage_entropy"] = stats_c["usage_entropy"]
-        rc["effective_experts"] = np.exp(stats_c["usage_entropy"])
-        frames["rc"].append(rc[rc["tokens"] > 0])
-
-        keys_m = pd.DataFrame(
-            {
-                "modality": np.repeat(modalities, 2),
-                "observed": np.tile([False, True], M),
-                "tokens": by_state.tokens_G.astype(np.int64),
-            }
-        )
-        order = np.argsort(~keys_m["observed"].to_numpy(), kind="stable")  # observed modalities first, then fills
-        stats_m = {k: v[order] for k, v in _group_rows(by_state).items()}
-        keys_m = keys_m.iloc[order].reset_index(drop=True)
-        frames["am"].append(_activation_frame(keys_m, stats_m, layer))
-        rm = keys_m.copy()
-        rm.insert(0, "layer", layer)
-        rm["router_entropy"] = stats_m["router_entropy"]
-        rm["usage_entropy"] = stats_m["usage_entropy"]
-        rm["effective_experts"] = np.exp(stats_m["usage_entropy"])
-        frames["rm"].append(rm[rm["tokens"] > 0])
-
-        slots_E = by_combo.slots_GE.sum(axis=0)
-        importance_E = by_combo.weight_GE.sum(axis=0)
-        targeted = [""] * E
-        if target_C is not None:
-            for c, e in enumerate(target_C):
-                targeted[e] = "; ".join(filter(None, [targeted[e], keys_c["combination"][c]]))
-        frames["load"].append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "expert": np.arange(E),
-                    "slots": slots_E.astype(np.int64),
-                    "slot_share": slots_E / max(slots_E.sum(), 1),
-                    "importance": importance_E,
-                    "target_of": targeted,
-                }
-            )
-        )
-        frames["bal"].append(
-            pd.DataFrame(
-                {
-                    "layer": [layer],
-                    "experts": [E],
-                    "top_k": [K],
-                    "tokens": [int(by_combo.tokens_G.sum())],
-                    "slot_cv": [coefficient_of_variation(slots_E)],
-                    "importance_cv": [coefficient_of_variation(importance_E)],
-                    "max_over_mean": [float(slots_E.max() / slots_E.mean()) if slots_E.mean() > 0 else np.nan],
-                    "unused_experts": [int((slots_E == 0).sum())],
-                }
-            )
-        )
-    names = {
-        "ac": "activation_combination",
-        "am": "activation_modality",
-        "rc": "routing_combination",
-        "rm": "routing_modality",
-        "load": "load",
-        "bal": "load_balance",
-    }
-    return {names[k]: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in frames.items()}
+        for name, frame in zip(FRAMES, frames):
+            parts[name].append(frame)
+    return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in parts.items()}
 
 
 def coefficient_of_variation(v_E: np.ndarray) -> float:
@@ -261,23 +270,23 @@ def routing_drift(
         for layer, stats in enumerate(rec.get("layers", [])):
             epoch = int(rec["epoch"])
             rows.append((epoch, layer, "load_cv", "all", coefficient_of_variation(stats["tokens_per_expert"])))
-            w_CE = np.asarray(stats["combination_weight"], dtype=float)
-            tokens_C = w_CE.sum(axis=1)
-            target_C = targets[layer] if layer < len(targets) else None
-            if target_C is not None and tokens_C[1:].sum() > 0:
-                t = target_C.cpu().numpy()
-                own = w_CE[np.arange(1, len(t)), t[1:]].sum() / tokens_C[1:].sum()
+            w_SE = np.asarray(stats["combination_weight"], dtype=float)
+            tokens_S = w_SE.sum(axis=1)
+            target_S = targets[layer] if layer < len(targets) else None
+            if target_S is not None and tokens_S[1:].sum() > 0:
+                t = target_S.cpu().numpy()
+                own = w_SE[np.arange(1, len(t)), t[1:]].sum() / tokens_S[1:].sum()
                 rows.append((epoch, layer, "own_weight", "partial combinations", float(own)))
-            seen = tokens_C > 0
+            seen = tokens_S > 0
             if seen.any():
-                h_C = _entropy(_shares(w_CE[seen]))
+                h_S = _entropy(_shares(w_SE[seen]))
                 rows.append(
                     (
                         epoch,
                         layer,
                         "usage_entropy",
                         "combinations (mean)",
-                        float((h_C * tokens_C[seen]).sum() / tokens_C[seen].sum()),
+                        float((h_S * tokens_S[seen]).sum() / tokens_S[seen].sum()),
                     )
                 )
             w_ME = np.asarray(stats["modality_weight"], dtype=float)

@@ -1,171 +1,21 @@
-"""The routing report of a trained run: which experts serve which modalities and combinations, on the test split.
-
-``routing_report_frames(run_dir)`` returns the statistics as pandas data frames (for your own plots);
-``write_report(run_dir)`` writes them as a self-contained HTML page (figures embedded as PNG data URIs, opens offline)
-plus the same figures as PNG files and the frames as CSV files. Definitions: ``routing_analysis`` (activation,
-own expert, entropy, load) and ``bank_similarity`` (Flex-MoE's claim that fills of combinations sharing more
-modalities are more similar).
-
-The model is the run's best checkpoint; the splits are rebuilt from the run's seed (``runs.open_run``), so the test
-split is the one the run was tested on, optionally under another missingness protocol (``data.missing=...``).
-"""
+"""The routing report as a page: a self-contained HTML file (figures embedded as PNG data URIs, opens offline), the
+same figures as PNG files and the frames of ``report.frames`` as CSV files."""
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from multimoe import __version__
-from multimoe import report_figures as figs
-from multimoe.bank_similarity import bank_pairs, bank_rows, claim_frames, never_read_unchanged
-from multimoe.batch import combination_name
-from multimoe.checkpoint import atomic_write, read_meta
-from multimoe.data import Table
-from multimoe.evaluate import metrics_from_predictions, predict
-from multimoe.missing import BankFill
-from multimoe.model import build_model
-from multimoe.moe import MoE
-from multimoe.routing_analysis import RoutingTally, routing_drift, routing_frames
-from multimoe.runs import OpenRun, open_run
-
-BOOTSTRAP_RESAMPLES = 1000
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def initial_bank(run: OpenRun) -> np.ndarray | None:
-    """The run's bank at initialisation, rebuilt from its seed as ``train`` builds the model; None when the rows
-    training never reads differ from it (then it is not the run's initialisation)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.cfg.seed)
-        init = build_model(run.cfg.model, run.splits.schema).fill.bank_CMPD.detach().numpy()
-    trained = run.model.fill.bank_CMPD.detach().cpu().numpy()
-    return init if never_read_unchanged(trained, init, run.splits.schema.num_modalities) else None
-
-
-def _bank_frames(run: OpenRun, train_count_C: np.ndarray, notes: list[str]) -> dict[str, pd.DataFrame]:
-    empty = {k: pd.DataFrame() for k in ("bank_pairs", "bank_claim", "bank_by_shared", "bank_rows")}
-    if not isinstance(getattr(run.model, "fill", None), BankFill):
-        notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
-        return empty
-    modalities = run.splits.schema.modalities
-    bank = run.model.fill.bank_CMPD.detach().cpu().numpy()
-    init = initial_bank(run)
-    if init is None:
-        notes.append("the bank's initialisation could not be rebuilt exactly (e.g. weight decay): no init baseline")
-    seen_C = train_count_C > 0
-    C = len(train_count_C)
-    if seen_C.all():
-        notes.append(f"bank similarity: all {C} combinations occur in the training split")
-    else:
-        listed = "seen" if seen_C.sum() <= (~seen_C).sum() else "never seen"
-        names = [combination_name(int(c), list(modalities)) for c in np.flatnonzero(seen_C == (listed == "seen"))]
-        notes.append(
-            f"bank similarity uses only the {int(seen_C.sum())} of {C} combinations that occur in the training split "
-            f"({listed} in training: {', '.join(names)}); the rows of the others are never read and stay at their "
-            "N(0, 1) initialisation"
-        )
-    pairs = bank_pairs(bank, modalities, train_count_C, init)
-    if pairs.empty:
-        notes.append("no two trained combinations lack the same modality: the bank-similarity claim cannot be tested")
-    return {
-        "bank_pairs": pairs,
-        **claim_frames(pairs, BOOTSTRAP_RESAMPLES, seed=run.cfg.seed),
-        "bank_rows": bank_rows(bank, modalities, train_count_C, init),
-    }
-
-
-def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
-    """The report's data frames for an opened run (see ``routing_report_frames``)."""
-    schema = run.splits.schema
-    M, C = schema.num_modalities, (1 << schema.num_modalities) - 1
-    tally = RoutingTally(M)
-    pred = predict(run.model, run.splits.test, run.batch_size, run.device, on_output=tally.update)
-    result = metrics_from_predictions(pred, schema.modalities)
-    train_count_C = np.bincount(run.splits.train.combo_N.numpy(), minlength=C)
-    moes = [m for m in run.model.modules() if isinstance(m, MoE)]
-    targets = [m.targets_C if m.supervision == "combination" else None for m in moes]
-    notes: list[str] = []
-    frames = routing_frames(tally, schema.modalities, targets)
-    if not moes:
-        notes.append("the model has no MoE layer (model.ffn=dense): no routing statistics")
-
-    metrics = pd.DataFrame(
-        result["per_combination"], columns=["combination", "index", "size", "n", "accuracy", "f1", "auc"]
-    )
-    metrics.insert(3, "train_samples", train_count_C[metrics["index"].to_numpy()].astype(np.int64))
-    frames["metrics"] = metrics
-    frames["metrics_by_size"] = pd.DataFrame(result["per_size"], columns=["size", "n", "accuracy", "f1", "auc"])
-
-    frames.update(_bank_frames(run, train_count_C, notes))
-
-    records = _read_jsonl(run.run_dir / "routing.jsonl")
-    frames["drift"] = routing_drift(records, schema.modalities, targets)
-    frames["epochs"] = pd.DataFrame(_read_jsonl(run.run_dir / "metrics.jsonl"))
-    if frames["drift"].empty:
-        notes.append("the run logged no per-epoch routing (routing.jsonl): no routing drift")
-
-    best_epoch = read_meta(run.run_dir / "best.safetensors").get("epoch")  # the epoch of the evaluated weights
-    o = result["overall"]
-    r = run.cfg.model.moe.router
-    seen = [combination_name(int(c), list(schema.modalities)) for c in np.flatnonzero(train_count_C)]
-    items = {
-        "run": run.run_dir.name,
-        "dataset": run.cfg.data.name if run.cfg.data.spec is None else run.cfg.data.spec,
-        "method": run.cfg.method,
-        "seed": run.cfg.seed,
-        "trained under": run.cfg.data.missing,
-        "evaluated under": run.missing,
-        "best epoch": None if best_epoch is None else int(best_epoch) + 1,
-        "selected on": f"validation {run.cfg.train.select}",
-        "modalities": ", ".join(schema.modalities),
-        "test samples": o["n"],
-        "test accuracy": o["accuracy"],
-        "test macro F1": o["f1"],
-        "test AUC": o["auc"],
-        "MoE layers": len(moes),
-        "experts": moes[0].num_experts if moes else 0,
-        "top-k": tally.top_k[0] if tally.top_k else None,
-        "router": f"{r.kind}, layout {r.layout}, supervision {r.supervision}, map {r.combination_map}",
-        "missing fill": run.cfg.model.fill,
-        "combinations in training": f"{len(seen)} of {C}",
-        "multimoe version": __version__,
-    }
-    for i, note in enumerate(notes):
-        items[f"note {i + 1}"] = note
-    frames["summary"] = pd.DataFrame({"item": list(items), "value": list(items.values())})
-    return frames
-
-
-def routing_report_frames(
-    run_dir: str | Path, overrides: list[str] | None = None, table: Table | None = None
-) -> dict[str, pd.DataFrame]:
-    """The routing report's statistics of a run's best model on its test split, as data frames:
-
-    ``summary`` (item, value), ``metrics`` (accuracy, F1, AUC and sample counts per combination),
-    ``metrics_by_size`` (the same pooled by the number of observed modalities),
-    ``activation_combination`` / ``activation_modality`` (share of each group's routing per expert; rows sum to 1),
-    ``routing_combination`` / ``routing_modality`` (own-expert shares, router and usage entropy), ``load`` and
-    ``load_balance`` (per expert; CV), ``bank_pairs`` / ``bank_claim`` / ``bank_by_shared`` / ``bank_rows``
-    (Flex-MoE's bank similarity claim; empty without a bank), ``drift`` and ``epochs`` (per-epoch validation routing
-    and metrics from the run's logs). ``overrides`` as ``multimoe eval`` (e.g. ``data.missing=mcar:0.5``); ``table``
-    for a run trained on an in-memory table."""
-    return report_frames(open_run(run_dir, overrides, table))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# HTML
+import multimoe.report.figures as figs
+from multimoe.data.table import Table
+from multimoe.files import atomic_write
+from multimoe.report.frames import report_frames
+from multimoe.runs.reopen import open_run
 
 COLUMN_LABELS = {
     "n": "test n",
@@ -432,8 +282,8 @@ def highlights(frames: dict[str, pd.DataFrame]) -> list[str]:
         d = drift[(drift["stat"] == stat) & (drift["layer"] == 0)] if not drift.empty else drift
         if len(d) > 1:
             out.append(
-                f"Validation {what} over training: {format_cell(d['value'].iloc[0])} (epoch {d['epoch'].iloc[0] + 1})"
-                f" to {format_cell(d['value'].iloc[-1])} (epoch {d['epoch'].iloc[-1] + 1})."
+                f"Validation {what} over training: {format_cell(d['value'].iloc[0])} (epoch {d['epoch'].iloc[0]})"
+                f" to {format_cell(d['value'].iloc[-1])} (epoch {d['epoch'].iloc[-1]})."
             )
     return out
 
@@ -482,7 +332,7 @@ def render_html(frames: dict[str, pd.DataFrame]) -> tuple[str, dict[str, bytes]]
         )
         page.figure(
             "drift",
-            figs.drift_plot(drift, frames["epochs"], None if best is None else int(best) - 1, select),
+            figs.drift_plot(drift, frames["epochs"], None if best is None else int(best), select),
             "routing drift",
         )
     body = "\n".join(page.parts)
@@ -518,7 +368,5 @@ def write_report(
     """The routing report of a run (see ``save_report``), in ``out_dir`` (default: ``RUN_DIR/report``, or
     ``RUN_DIR/report-<protocol>`` under another protocol); ``overrides`` as ``multimoe eval``. Returns the page."""
     run = open_run(run_dir, overrides, table)
-    if out_dir is None:
-        same = run.missing == run.cfg.data.missing
-        out_dir = run.run_dir / ("report" if same else f"report-{run.missing.replace(':', '')}")
+    out_dir = out_dir if out_dir is not None else run.folder.report_dir(run.missing, run.cfg.data.missing)
     return save_report(report_frames(run), out_dir)

@@ -1,36 +1,13 @@
+"""Running sweeps (multimoe/bench/run.py): end to end with a restart, kills lose no finished cell, workers die with
+the bench."""
+
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from multimoe.bench import append_cell, load_sweep, read_cells, read_sessions, run_sweep
-from multimoe.bench_render import mean_ci, paired, render
-from multimoe.config import ConfigError
-
-SWEEP = """
-name: tiny
-seeds: [0, 1]
-reference: flexmoe
-budget: tiny models, 2 epochs
-common: {data.synthetic.samples: 200, data.synthetic.modalities: 2, data.synthetic.features: 6, model.dim: 8,
-         model.tokens: 2, model.heads: 2, model.moe.hidden: 8, model.moe.router.top_k: 2, train.epochs: 2,
-         train.batch_size: 32, train.lr: 3.0e-3}
-methods:
-  flexmoe: {preset: PRESETS/flexmoe.yaml}
-  logreg: PRESETS/logreg.yaml
-grid:
-  - {data.name: synthetic, data.missing: "mcar:0.3"}
-per_combination: true
-"""
-
-
-@pytest.fixture
-def sweep_file(tmp_path, request):
-    presets = request.config.rootpath / "configs"
-    path = tmp_path / "tiny.yaml"
-    path.write_text(SWEEP.replace("PRESETS", str(presets)))
-    return path
+from multimoe.bench import load_sweep, read_cells, read_sessions, render, run_sweep
 
 
 def test_tiny_sweep_end_to_end_with_restart(sweep_file, tmp_path):
@@ -60,39 +37,6 @@ def test_tiny_sweep_end_to_end_with_restart(sweep_file, tmp_path):
     other.name, other.seeds = "other", [0, 1, 2]
     run_sweep(other, out, jobs=2, progress=False)
     assert read_sessions(out / "other")[-1]["cells_run"] == 2
-
-
-def test_torn_last_line_is_dropped_and_repaired(tmp_path):
-    path = tmp_path / "cells.jsonl"
-    append_cell(path, {"key": "a", "status": "ok"})
-    with open(path, "ab") as f:
-        f.write(b'{"key": "b", "sta')  # killed mid-write
-    assert [c["key"] for c in read_cells(path)] == ["a"]
-    read_cells(path, repair=True)
-    append_cell(path, {"key": "c", "status": "ok"})
-    assert [c["key"] for c in read_cells(path)] == ["a", "c"]
-    assert all(json.loads(line) for line in path.read_text().splitlines())
-
-
-def test_sweep_errors_name_the_problem(tmp_path, sweep_file):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochz: 2"))
-    with pytest.raises(ConfigError, match="unknown config key train.epochz"):
-        load_sweep(bad)
-    bad.write_text(sweep_file.read_text().replace("reference: flexmoe", "reference: nope"))
-    with pytest.raises(ConfigError, match="reference 'nope'"):
-        load_sweep(bad)
-
-
-def test_statistics():
-    s = mean_ci([0.8, 0.9, 1.0])
-    assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(0.1)
-    assert s["ci_high"] - s["mean"] == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-5)  # t(0.975, 2)
-    better = paired({0: 0.9, 1: 0.92, 2: 0.95}, {0: 0.8, 1: 0.81, 2: 0.86})
-    assert better["verdict"] == "better" and better["diff"] == pytest.approx(0.1, abs=1e-9)
-    noisy = paired({0: 0.9, 1: 0.7, 2: 0.95}, {0: 0.8, 1: 0.85, 2: 0.86})
-    assert noisy["verdict"] == "within noise"
-    assert paired({0: 0.5}, {0: 0.4})["verdict"] == "n/a"
 
 
 def test_killed_bench_loses_no_finished_cell(sweep_file, tmp_path):

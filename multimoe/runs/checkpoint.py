@@ -8,44 +8,17 @@ rename, so a crash never leaves a half-written file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from multimoe import __version__
+from multimoe.errors import CheckpointError
+from multimoe.files import atomic_write
+from multimoe.version import __version__
 
 META_KEY = "multimoe"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: truncated, not a checkpoint, or from another configuration."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's permissions
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> None:
@@ -57,8 +30,6 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict) -> Non
 
 def read_meta(path: str | Path) -> dict:
     """The JSON metadata of a checkpoint (reads the header only)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -1,8 +1,7 @@
-"""Checkpoints: atomic writes, config and version inside, no code executed on load, clear errors on bad files."""
+"""Checkpoints (multimoe/runs/checkpoint.py): config and version inside, no code executed on load, clear
+errors on bad files."""
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,19 +9,19 @@ import yaml
 from conftest import tiny_config
 
 from multimoe import __version__
-from multimoe.checkpoint import (
-    CheckpointError,
-    atomic_write,
+from multimoe.cli import main
+from multimoe.data.dataset import DataSchema
+from multimoe.errors import CheckpointError
+from multimoe.model import build_model, resolve
+from multimoe.runs.checkpoint import (
     load_checkpoint,
     load_training_state,
     read_meta,
     save_checkpoint,
     save_training_state,
 )
-from multimoe.cli import main
-from multimoe.data import DataSchema
-from multimoe.model import build_model, resolve
-from multimoe.runs import load_run
+from multimoe.runs.folder import RunFolder
+from multimoe.runs.reopen import load_model
 from multimoe.train import train
 
 SCHEMA = DataSchema(("a", "b"), (5, 3), ("x", "y"))
@@ -39,34 +38,11 @@ def small_model(**overrides):
     return build_model(cfg, SCHEMA)
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "f.txt"
-    path.write_text("old")
-
-    def half_then_crash(tmp):
-        with open(tmp, "w") as f:
-            f.write("half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, half_then_crash)
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary file left behind
-
-
-def test_atomic_write_gives_the_file_normal_permissions(tmp_path):
-    path = tmp_path / "f.txt"
-    atomic_write(path, lambda tmp: Path(tmp).write_text("x"))
-    mask = os.umask(0)
-    os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
-
-
 def test_checkpoint_carries_the_resolved_config_and_the_version(run_dir):
     meta = read_meta(run_dir / "best.safetensors")
     assert meta["version"] == __version__
     assert meta["config"] == yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert meta["schema"]["modalities"] == ["m0", "m1", "m2"] and meta["epoch"] == 0
+    assert meta["schema"]["modalities"] == ["m0", "m1", "m2"] and meta["epoch"] == 1
 
 
 @pytest.mark.parametrize(
@@ -102,12 +78,12 @@ def test_checkpoint_from_another_configuration_is_refused(run_dir, tmp_path):
     config["model"]["dim"] = 32  # other shapes
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CheckpointError, match=r"another model configuration \(model.dim: 16 vs 32\)"):
-        load_run(copy)
+        load_model(RunFolder.open(copy))
     config["model"]["dim"] = 16
     config["model"]["moe"]["router"]["kind"] = "softmax_topk"  # same shapes, another model
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CheckpointError, match="model.moe.router.kind: 'noisy_topk' vs 'softmax_topk'"):
-        load_run(copy)
+        load_model(RunFolder.open(copy))
 
 
 def test_weights_of_other_shapes_are_refused(tmp_path):

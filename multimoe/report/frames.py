@@ -1,0 +1,148 @@
+"""The routing report's statistics of a trained run, as pandas data frames, on its test split.
+
+The model is the run's best checkpoint; the splits are rebuilt from the run's seed (``runs.reopen.open_run``), so
+the test split is the one the run was tested on, optionally under another missingness protocol
+(``data.missing=...``). Definitions: ``routing`` (activation, own expert, entropy, load) and ``bank`` (Flex-MoE's
+claim that fills of combinations sharing more modalities are more similar).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from multimoe.batch import combination_name, num_combinations
+from multimoe.data.table import Table
+from multimoe.evaluate import metrics_from_predictions, predict
+from multimoe.missing import BankFill
+from multimoe.model import build_model
+from multimoe.moe import MoE
+from multimoe.report.bank import bank_pairs, bank_rows, claim_frames, never_read_unchanged
+from multimoe.report.routing import RoutingTally, routing_drift, routing_frames
+from multimoe.runs.checkpoint import read_meta
+from multimoe.runs.reopen import OpenRun, open_run
+from multimoe.version import __version__
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def initial_bank(run: OpenRun) -> np.ndarray | None:
+    """The run's bank at initialisation, rebuilt from its seed as ``train`` builds the model; None when the rows
+    training never reads differ from it (then it is not the run's initialisation)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.cfg.seed)
+        init = build_model(run.cfg.model, run.splits.schema).fill.bank_SMPD.detach().numpy()
+    trained = run.model.fill.bank_SMPD.detach().cpu().numpy()
+    return init if never_read_unchanged(trained, init, run.splits.schema.num_modalities) else None
+
+
+def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> dict[str, pd.DataFrame]:
+    empty = {k: pd.DataFrame() for k in ("bank_pairs", "bank_claim", "bank_by_shared", "bank_rows")}
+    if not isinstance(getattr(run.model, "fill", None), BankFill):
+        notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
+        return empty
+    modalities = run.splits.schema.modalities
+    bank = run.model.fill.bank_SMPD.detach().cpu().numpy()
+    init = initial_bank(run)
+    if init is None:
+        notes.append("the bank's initialisation could not be rebuilt exactly (e.g. weight decay): no init baseline")
+    seen_S = train_count_S > 0
+    S = len(train_count_S)
+    if seen_S.all():
+        notes.append(f"bank similarity: all {S} combinations occur in the training split")
+    else:
+        listed = "seen" if seen_S.sum() <= (~seen_S).sum() else "never seen"
+        names = [combination_name(int(c), list(modalities)) for c in np.flatnonzero(seen_S == (listed == "seen"))]
+        notes.append(
+            f"bank similarity uses only the {int(seen_S.sum())} of {S} combinations that occur in the training split "
+            f"({listed} in training: {', '.join(names)}); the rows of the others are never read and stay at their "
+            "N(0, 1) initialisation"
+        )
+    pairs = bank_pairs(bank, modalities, train_count_S, init)
+    if pairs.empty:
+        notes.append("no two trained combinations lack the same modality: the bank-similarity claim cannot be tested")
+    return {
+        "bank_pairs": pairs,
+        **claim_frames(pairs, BOOTSTRAP_RESAMPLES, seed=run.cfg.seed),
+        "bank_rows": bank_rows(bank, modalities, train_count_S, init),
+    }
+
+
+def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
+    """The report's data frames for an opened run (see ``routing_report_frames``)."""
+    schema = run.splits.schema
+    M, S = schema.num_modalities, num_combinations(schema.num_modalities)
+    tally = RoutingTally(M)
+    pred = predict(run.model, run.splits.test, run.batch_size, run.device, on_output=tally.update)
+    result = metrics_from_predictions(pred, schema.modalities)
+    train_count_S = np.bincount(run.splits.train.combo_N.numpy(), minlength=S)
+    moes = [m for m in run.model.modules() if isinstance(m, MoE)]
+    targets = [m.targets_S if m.supervision == "combination" else None for m in moes]
+    notes: list[str] = []
+    frames = routing_frames(tally, schema.modalities, targets)
+    if not moes:
+        notes.append("the model has no MoE layer (model.ffn=dense): no routing statistics")
+
+    metrics = pd.DataFrame(
+        result["per_combination"], columns=["combination", "index", "size", "n", "accuracy", "f1", "auc"]
+    )
+    metrics.insert(3, "train_samples", train_count_S[metrics["index"].to_numpy()].astype(np.int64))
+    frames["metrics"] = metrics
+    frames["metrics_by_size"] = pd.DataFrame(result["per_size"], columns=["size", "n", "accuracy", "f1", "auc"])
+
+    frames.update(_bank_frames(run, train_count_S, notes))
+
+    frames["drift"] = routing_drift(run.folder.read_log("routing"), schema.modalities, targets)
+    frames["epochs"] = pd.DataFrame(run.folder.read_log("metrics"))
+    if frames["drift"].empty:
+        notes.append("the run logged no per-epoch routing (routing.jsonl): no routing drift")
+
+    best_epoch = read_meta(run.folder.best).get("epoch")  # the epoch of the evaluated weights
+    o = result["overall"]
+    r, gate = run.cfg.model.moe.router, run.cfg.model.moe.gate_loss
+    seen = [combination_name(int(c), list(schema.modalities)) for c in np.flatnonzero(train_count_S)]
+    items = {
+        "run": run.run_dir.name,
+        "dataset": run.cfg.data.name if run.cfg.data.spec is None else run.cfg.data.spec,
+        "method": run.cfg.method,
+        "seed": run.cfg.seed,
+        "trained under": run.cfg.data.missing,
+        "evaluated under": run.missing,
+        "best epoch": best_epoch,
+        "selected on": f"validation {run.cfg.train.select}",
+        "modalities": ", ".join(schema.modalities),
+        "test samples": o["n"],
+        "test accuracy": o["accuracy"],
+        "test macro F1": o["f1"],
+        "test AUC": o["auc"],
+        "MoE layers": len(moes),
+        "experts": moes[0].num_experts if moes else 0,
+        "top-k": tally.top_k[0] if tally.top_k else None,
+        "router": f"{r.kind}, layout {r.layout}, supervision {gate.supervision}, map {gate.combination_map}",
+        "missing fill": run.cfg.model.fill,
+        "combinations in training": f"{len(seen)} of {S}",
+        "multimoe version": __version__,
+    }
+    for i, note in enumerate(notes):
+        items[f"note {i + 1}"] = note
+    frames["summary"] = pd.DataFrame({"item": list(items), "value": list(items.values())})
+    return frames
+
+
+def routing_report_frames(
+    run_dir: str | Path, overrides: list[str] | None = None, table: Table | None = None
+) -> dict[str, pd.DataFrame]:
+    """The routing report's statistics of a run's best model on its test split, as data frames:
+
+    ``summary`` (item, value), ``metrics`` (accuracy, F1, AUC and sample counts per combination),
+    ``metrics_by_size`` (the same pooled by the number of observed modalities),
+    ``activation_combination`` / ``activation_modality`` (share of each group's routing per expert; rows sum to 1),
+    ``routing_combination`` / ``routing_modality`` (own-expert shares, router and usage entropy), ``load`` and
+    ``load_balance`` (per expert; CV), ``bank_pairs`` / ``bank_claim`` / ``bank_by_shared`` / ``bank_rows``
+    (Flex-MoE's bank similarity claim; empty without a bank), ``drift`` and ``epochs`` (per-epoch validation routing
+    and metrics from the run's logs). ``overrides`` as ``multimoe eval`` (e.g. ``data.missing=mcar:0.5``); ``table``
+    for a run trained on an in-memory table."""
+    return report_frames(open_run(run_dir, overrides, table))

@@ -1,0 +1,129 @@
+"""Evaluation (multimoe/evaluate.py): every metric against values worked out by hand, per combination and per size,
+and the per-combination protocol on a model whose prediction depends on which modalities it sees."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from multimoe.data.dataset import DataSchema, MultimodalData
+from multimoe.evaluate import (
+    Predictions,
+    auc_score,
+    classification_metrics,
+    evaluate,
+    evaluate_combinations,
+    metrics_from_predictions,
+)
+from multimoe.model import ModelOutput
+
+# six samples of three classes; argmax predictions 0, 1, 1, 1, 2, 0
+LABELS = np.array([0, 0, 1, 1, 2, 2])
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.3, 0.6, 0.1],
+        [0.2, 0.7, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.1, 0.1, 0.8],
+        [0.5, 0.2, 0.3],
+    ]
+)
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    m = classification_metrics(LABELS, PROBS)
+    assert m["n"] == 6
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # per class F1: class 0 P=1/2 R=1/2 -> 1/2; class 1 P=2/3 R=1 -> 4/5; class 2 P=1 R=1/2 -> 2/3
+    assert m["f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)  # macro, not micro (= accuracy here)
+
+
+def test_multiclass_auc_is_the_macro_one_vs_rest_mean():
+    # class 0: positives 0.7, 0.3 against negatives 0.2, 0.1, 0.1, 0.5 -> 7 of 8 pairs; classes 1 and 2 separate fully
+    assert auc_score(LABELS, PROBS) == pytest.approx((7 / 8 + 1 + 1) / 3)
+
+
+def test_multiclass_auc_skips_a_class_absent_from_the_labels():
+    # rows 0-3 have no class 2: class 0 (0.7, 0.3 vs 0.2, 0.1) and class 1 (0.7, 0.8 vs 0.2, 0.6) separate fully
+    assert auc_score(LABELS[:4], PROBS[:4]) == pytest.approx(1.0)
+    # rows 0, 1 and 5: class 0 (0.7, 0.3 vs 0.5) -> 1 of 2 pairs; class 2 (0.3 vs 0.1, 0.1) -> 1; class 1 absent
+    assert auc_score(LABELS[[0, 1, 5]], PROBS[[0, 1, 5]]) == pytest.approx((1 / 2 + 1) / 2)
+    assert auc_score(np.array([1, 1]), PROBS[2:4]) is None  # one class: undefined
+
+
+def test_binary_auc_is_the_positive_class_auc():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.6, 0.4], [0.1, 0.9]])
+    # positives score 0.4 and 0.9 against negatives 0.1 and 0.6: 3 of 4 pairs (the negative class's AUC is 1/4)
+    assert auc_score(labels, probs) == pytest.approx(0.75)
+    assert classification_metrics(labels, probs)["auc"] == pytest.approx(0.75)
+
+
+def test_empty_subset_has_no_metrics():
+    assert classification_metrics(np.array([], dtype=int), np.zeros((0, 3))) == {
+        "n": 0,
+        "accuracy": None,
+        "f1": None,
+        "auc": None,
+    }
+
+
+def test_per_combination_and_per_size_by_hand():
+    # two modalities: combination 0 = a+b, 1 = a, 2 = b; two samples each
+    pred = Predictions(PROBS, LABELS, np.array([0, 0, 1, 1, 2, 2]), loss=0.5, routing=[])
+    result = metrics_from_predictions(pred, ("a", "b"))
+    rows = {r["combination"]: r for r in result["per_combination"]}
+    assert [r["combination"] for r in result["per_combination"]] == ["a+b", "a", "b"]
+    assert (rows["a+b"]["accuracy"], rows["a"]["accuracy"], rows["b"]["accuracy"]) == (0.5, 1.0, 0.5)
+    assert (rows["a+b"]["size"], rows["a"]["size"], rows["b"]["n"]) == (2, 1, 2)
+    sizes = {r["size"]: r for r in result["per_size"]}
+    assert [r["size"] for r in result["per_size"]] == [2, 1]  # largest first
+    assert sizes[2]["accuracy"] == 0.5 and sizes[2]["n"] == 2
+    assert sizes[1]["accuracy"] == 0.75 and sizes[1]["n"] == 4  # a: 2 right, b: 1 right
+    assert result["overall"]["accuracy"] == pytest.approx(4 / 6) and result["loss"] == 0.5
+
+
+class PresenceModel(nn.Module):
+    """Predicts class m for the highest-numbered modality m it sees (logits = 2 * m where present, else -1)."""
+
+    def __init__(self, schema: DataSchema) -> None:
+        super().__init__()
+        self.schema = schema
+
+    def forward(self, batch):
+        M = batch.present_BM.shape[1]
+        logits = torch.where(batch.present_BM, 2.0 * torch.arange(M, dtype=torch.float32), torch.tensor(-1.0))
+        return ModelOutput(logits, logits.new_zeros(()), [], None)
+
+
+def presence_data(present_NM: np.ndarray, labels: list[int]) -> MultimodalData:
+    schema = DataSchema(("a", "b"), (1, 1), ("0", "1"))
+    N = len(labels)
+    return MultimodalData(
+        schema,
+        {m: torch.zeros(N, 1) for m in schema.modalities},
+        {m: torch.zeros(N, 1, dtype=torch.bool) for m in schema.modalities},
+        torch.as_tensor(present_NM),
+        torch.tensor(labels),
+        np.arange(N),
+    )
+
+
+def test_evaluate_scores_the_presence_each_sample_has():
+    data = presence_data(np.array([[True, True], [True, False], [False, True], [True, False]]), [1, 0, 1, 1])
+    result = evaluate(PresenceModel(data.schema), data)
+    assert result["overall"]["accuracy"] == 0.75  # predictions 1, 0, 1, 0
+    by = {r["combination"]: r["accuracy"] for r in result["per_combination"]}
+    assert by == {"a+b": 1.0, "a": 0.5, "b": 1.0}
+
+
+def test_evaluate_combinations_shows_every_sample_each_combination_its_data_allow():
+    # every sample is labelled 1; the model predicts 1 exactly when it sees b
+    data = presence_data(np.ones((4, 2), dtype=bool), [1, 1, 1, 1])
+    natural_NM = np.array([[True, True], [True, True], [True, False], [True, True]])  # row 2 never has b
+    rows = {r["combination"]: r for r in evaluate_combinations(PresenceModel(data.schema), data, natural_NM)}
+    assert rows["a+b"]["accuracy"] == 1.0 and rows["a+b"]["n"] == 3  # row 2 cannot show b
+    assert rows["a"]["accuracy"] == 0.0 and rows["a"]["n"] == 4
+    assert rows["b"]["accuracy"] == 1.0 and rows["b"]["n"] == 3
+    assert [rows[c]["index"] for c in ("a+b", "a", "b")] == [0, 1, 2]

@@ -1,0 +1,104 @@
+"""Routing statistics (multimoe/report/routing.py) on four tokens routed by hand: shares, own expert, router and
+usage entropy, load CV, and the per-epoch drift, each against a value counted by hand."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from multimoe.model import ModelOutput
+from multimoe.moe import MoEOutput, TokenInfo
+from multimoe.report.routing import RoutingTally, coefficient_of_variation, routing_drift, routing_frames
+from multimoe.routers import Routing
+
+LN2, LN3 = math.log(2), math.log(3)
+# two modalities a, b; combinations 0 = a+b, 1 = a (b filled), 2 = b; three experts; top-1
+MODALITY_T = torch.tensor([0, 1, 0, 1])
+COMBO_T = torch.tensor([0, 0, 1, 1])
+IDS_TK = torch.tensor([[0], [1], [0], [2]])
+LOGITS_TE = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, 0.0, 100.0]])
+TARGETS_S = torch.tensor([2, 0, 1])  # own expert of each combination
+
+
+def tallied() -> dict[str, pd.DataFrame]:
+    routing = Routing(torch.ones(4, 1), IDS_TK, LOGITS_TE, torch.zeros(4, 3))
+    moe = MoEOutput(torch.zeros(4, 2), routing, torch.tensor([2, 1, 1]), torch.zeros(()))
+    tally = RoutingTally(2)
+    tally.update(ModelOutput(torch.zeros(2, 2), torch.zeros(()), [moe], TokenInfo(MODALITY_T, COMBO_T, 2)))
+    return routing_frames(tally, ("a", "b"), [TARGETS_S])
+
+
+def test_activation_shares_by_combination_and_modality():
+    f = tallied()
+    ac = f["activation_combination"].set_index(["combination", "expert"])["slot_share"]
+    assert [ac["a+b", e] for e in range(3)] == [0.5, 0.5, 0.0]
+    assert [ac["a", e] for e in range(3)] == [0.5, 0.0, 0.5]
+    assert "b" not in f["activation_combination"]["combination"].tolist()  # no token of combination b
+    am = f["activation_modality"].set_index(["modality", "observed", "expert"])["slot_share"]
+    assert [am["a", True, e] for e in range(3)] == [1.0, 0.0, 0.0]
+    assert [am["b", True, e] for e in range(3)] == [0.0, 1.0, 0.0]
+    assert [am["b", False, e] for e in range(3)] == [0.0, 0.0, 1.0]  # the filled b of combination a
+
+
+def test_own_expert_and_entropies_by_hand():
+    rc = tallied()["routing_combination"].set_index("combination")
+    assert rc.loc["a", "own_expert"] == 0
+    assert rc.loc["a", "own_top1"] == 0.5 and rc.loc["a", "own_topk"] == 0.5  # t2 -> 0 (own), t3 -> 2
+    assert rc.loc["a+b", "own_top1"] == 0.0  # own expert 2, chosen by neither token
+    assert rc.loc["a+b", "router_entropy"] == pytest.approx(LN3)  # uniform scores over 3 experts
+    assert rc.loc["a", "router_entropy"] == pytest.approx(0.0, abs=1e-30)  # scores 100 vs 0: decided
+    assert rc.loc["a+b", "usage_entropy"] == pytest.approx(LN2)  # half to expert 0, half to expert 1
+    assert rc.loc["a+b", "effective_experts"] == pytest.approx(2.0)
+    rm = tallied()["routing_modality"].set_index(["modality", "observed"])
+    assert rm.loc[("a", True), "usage_entropy"] == pytest.approx(0.0)  # both a tokens to expert 0
+    assert rm.loc[("a", True), "router_entropy"] == pytest.approx(LN3 / 2)  # mean of ln 3 and 0
+    assert rm.loc[("b", False), "tokens"] == 1
+
+
+def test_load_balance_by_hand():
+    f = tallied()
+    bal = f["load_balance"].iloc[0]
+    # slots per expert [2, 1, 1]: mean 4/3, population std sqrt(2)/3, CV sqrt(2)/4
+    assert bal["slot_cv"] == pytest.approx(math.sqrt(2) / 4)
+    assert bal["max_over_mean"] == pytest.approx(1.5)
+    assert bal["unused_experts"] == 0 and bal["tokens"] == 4
+    assert f["load"]["slots"].tolist() == [2, 1, 1]
+    assert f["load"]["target_of"].tolist() == ["a", "b", "a+b"]
+    assert coefficient_of_variation(np.array([3.0, 3.0])) == 0.0
+    assert coefficient_of_variation(np.array([1.0, 3.0])) == pytest.approx(0.5)  # std 1, mean 2
+
+
+def test_drift_per_epoch_by_hand():
+    records = [
+        {
+            "epoch": 1,
+            "layers": [
+                {
+                    "tokens_per_expert": [2, 1, 1],
+                    "combination_weight": [[1, 1, 0], [1, 0, 1], [0, 0, 0]],
+                    "modality_weight": [[2, 0, 0], [0, 1, 1]],
+                }
+            ],
+        },
+        {
+            "epoch": 2,
+            "layers": [
+                {
+                    "tokens_per_expert": [1, 1, 2],
+                    "combination_weight": [[2, 0, 0], [0, 0, 2], [0, 0, 0]],
+                    "modality_weight": [[1, 0, 1], [1, 0, 1]],
+                }
+            ],
+        },
+    ]
+    drift = routing_drift(records, ("a", "b"), [TARGETS_S]).set_index(["epoch", "stat", "group"])["value"]
+    assert drift[1, "load_cv", "all"] == pytest.approx(math.sqrt(2) / 4)
+    # own expert of the partial combinations a (own 0) and b (own 1): epoch 1 gives a 1 of 2, epoch 2 none of 2
+    assert drift[1, "own_weight", "partial combinations"] == pytest.approx(0.5)
+    assert drift[2, "own_weight", "partial combinations"] == pytest.approx(0.0)
+    assert drift[1, "usage_entropy", "combinations (mean)"] == pytest.approx(LN2)
+    assert drift[2, "usage_entropy", "combinations (mean)"] == pytest.approx(0.0)
+    assert drift[1, "usage_entropy", "a"] == pytest.approx(0.0) and drift[1, "usage_entropy", "b"] == pytest.approx(LN2)
+    assert drift[2, "usage_entropy", "a"] == pytest.approx(LN2)
