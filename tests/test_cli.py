@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,9 @@ def test_train_then_eval_print_a_final_json_line(tmp_path, capsys):
     assert main(["eval", run_dir, "data.missing=mcar:0.5"]) == 0
     ev = last_json(capsys.readouterr().out)
     assert ev["run_dir"] == run_dir and ev["missing"] == "mcar:0.5"
-    assert 0 <= ev["test"]["accuracy"] <= 1
+    assert ev["test"]["n"] == out["test"]["n"]  # the same test rows under another mask
+    written = json.loads((Path(run_dir) / "eval-mcar0.5.json").read_text())
+    assert written["test"]["overall"]["accuracy"] == ev["test"]["accuracy"]
 
 
 def test_eval_rejects_overrides_that_change_the_model(tmp_path, capsys):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from multimoe.config import Config, ConfigError, parse_overrides, replace
+from multimoe.config import Config, ConfigError, parse_overrides, replace, to_dict
 from multimoe.registry import load_config
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
@@ -12,9 +12,54 @@ def test_defaults_load():
     assert isinstance(load_config(), Config)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_preset_loads(path):
-    load_config(path)
+FLEXMOE = {  # the published recipe (METHODS.md §1) and architecture
+    "model.arch": "fusion", "model.dim": 128, "model.tokens": 16, "model.heads": 4, "model.layers": 1,
+    "model.dropout": 0.5, "model.ffn": "moe", "model.fill": "bank", "model.encoder.kind": "patch_linear",
+    "model.moe.num_experts": 16, "model.moe.hidden": 256, "model.moe.router.kind": "noisy_topk",
+    "model.moe.router.layout": "joint", "model.moe.router.top_k": 4, "model.moe.gate_loss.supervision": "combination",
+    "model.moe.gate_loss.balance_exclude": "own", "model.moe.gate_loss.combination_map": "identity",
+    "model.moe.capacity_factor": 0.0, "train.epochs": 50, "train.warmup_epochs": 5, "train.order": "descending",
+    "train.batch_size": 8, "train.optimizer": "adam", "train.lr": 1e-4, "train.weight_decay": 0.0,
+    "train.gate_loss_weight": 0.01, "train.modality_dropout": 0.0, "train.grad_clip": 0.0,
+    "train.select": "accuracy", "train.patience": 0,
+}  # fmt: skip
+CPU_RECIPE = {"train.batch_size": 32, "train.lr": 4e-4, "train.epochs": 12, "train.patience": 4}
+PRESETS = {
+    "flexmoe": {"method": "flexmoe", **FLEXMOE},
+    "flexmoe-cpu": {**FLEXMOE, "method": "flexmoe", **CPU_RECIPE},
+    "smoe": {**FLEXMOE, "method": "smoe", "model.fill": "token", "model.moe.router.kind": "softmax_topk",
+             "model.moe.gate_loss.supervision": "balance"},
+    "fusemoe": {**FLEXMOE, "method": "fusemoe", "model.fill": "token", "model.moe.router.kind": "laplace",
+                "model.moe.router.layout": "per_modality", "model.moe.gate_loss.supervision": "entropy"},
+    "dense": {**FLEXMOE, "method": "dense", "model.ffn": "dense", "model.dense_hidden": 1024, "model.fill": "token"},
+    "late_fusion": {**FLEXMOE, "method": "late_fusion", "model.arch": "late_fusion"},
+    "logreg": {"method": "logreg", "model.arch": "logreg", "model.logreg_c": 0.1},
+    "hgb": {"method": "hgb", "model.arch": "hgb", "model.hgb_max_iter": 100},
+    "multimoe": {
+        "method": "multimoe", "model.dim": 64, "model.tokens": 4, "model.heads": 4, "model.layers": 1,
+        "model.dropout": 0.2, "model.ffn": "moe", "model.fill": "bank", "model.encoder.kind": "mlp",
+        "model.encoder.hidden": 256, "model.encoder.cell_mask": True, "model.moe.num_experts": 8,
+        "model.moe.hidden": 128, "model.moe.router.kind": "softmax_topk", "model.moe.router.top_k": 2,
+        "model.moe.gate_loss.supervision": "balance", "train.epochs": 100, "train.warmup_epochs": 0,
+        "train.batch_size": 64, "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 0.05,
+        "train.gate_loss_weight": 0.01, "train.modality_dropout": 0.2, "train.select": "loss", "train.patience": 15,
+    },
+}  # fmt: skip
+
+
+def test_every_preset_is_pinned():
+    assert sorted(p.stem for p in CONFIGS) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_recipe(name):
+    """Each preset's method, architecture and training recipe, key by key (the faithful ones: as published)."""
+    cfg = to_dict(load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml"))
+    for key, expected in PRESETS[name].items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert node == expected, f"{name}: {key} = {node!r}, expected {expected!r}"
 
 
 def test_overrides_are_typed():

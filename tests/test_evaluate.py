@@ -74,7 +74,7 @@ def test_per_combination_and_per_size_by_hand():
     pred = Predictions(PROBS, LABELS, np.array([0, 0, 1, 1, 2, 2]), loss=0.5, routing=[])
     result = metrics_from_predictions(pred, ("a", "b"))
     rows = {r["combination"]: r for r in result["per_combination"]}
-    assert [r["combination"] for r in result["per_combination"]] == ["a+b", "a", "b"]
+    assert [(r["combination"], r["index"]) for r in result["per_combination"]] == [("a+b", 0), ("a", 1), ("b", 2)]
     assert (rows["a+b"]["accuracy"], rows["a"]["accuracy"], rows["b"]["accuracy"]) == (0.5, 1.0, 0.5)
     assert (rows["a+b"]["size"], rows["a"]["size"], rows["b"]["n"]) == (2, 1, 2)
     sizes = {r["size"]: r for r in result["per_size"]}
@@ -127,3 +127,13 @@ def test_evaluate_combinations_shows_every_sample_each_combination_its_data_allo
     assert rows["a"]["accuracy"] == 0.0 and rows["a"]["n"] == 4
     assert rows["b"]["accuracy"] == 1.0 and rows["b"]["n"] == 3
     assert [rows[c]["index"] for c in ("a+b", "a", "b")] == [0, 1, 2]
+
+
+def test_a_combination_no_row_can_show_is_reported_empty():
+    data = presence_data(np.ones((3, 2), dtype=bool), [1, 0, 1])
+    natural_NM = np.array([[True, False], [True, False], [True, False]])  # b is never observed
+    rows = evaluate_combinations(PresenceModel(data.schema), data, natural_NM)
+    assert [(r["combination"], r["index"], r["size"], r["n"]) for r in rows] == [("a+b", 0, 2, 0), ("a", 1, 1, 3),
+                                                                                 ("b", 2, 1, 0)]  # fmt: skip
+    assert rows[0]["accuracy"] is None and rows[2]["auc"] is None
+    assert rows[1]["accuracy"] == pytest.approx(1 / 3)  # a alone -> class 0; labels 1, 0, 1
