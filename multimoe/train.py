@@ -1,4 +1,5 @@
-"""Training: one readable loop with the Flex-MoE curriculum, best-validation checkpoint and optional early stopping.
+"""Training: one readable loop with the Flex-MoE curriculum, best-validation checkpoint and optional early stopping
+(the selection rule: selection.py).
 
 ``train(cfg)`` reads top to bottom: check the config, prepare the data (and resolve the model config for it), open
 the run folder (new, or the one being resumed: resuming is one step before the loop, runs/resume.py), then either
@@ -36,6 +37,7 @@ from multimoe.runs import resume
 from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 from multimoe.runs.folder import RunFolder
 from multimoe.runs.resume import Progress
+from multimoe.selection import record_epoch, validation_value
 from multimoe.version import __version__
 
 
@@ -111,18 +113,13 @@ def fit(model, optimizer, splits: Splits, cfg: Config, folder: RunFolder, progre
                            bar.update)  # fmt: skip
         guard.check()
         val = evaluate(model, splits.val, t.eval_batch_size, device)
-        value = val["loss"] if t.select == "loss" else val["overall"][t.select]
-        improved = better(t.select, value, progress.best_value)
-        if improved:
-            progress.best_value, progress.best_epoch, progress.stale = value, epoch, 0
-        else:
-            progress.stale += 1
+        value = validation_value(val, t.select)
+        improved = record_epoch(progress, epoch, value, t.select, t.patience)
         record = {"epoch": epoch, "phase": "warmup" if epoch <= t.warmup_epochs else "train",
                   "train_loss": losses[0] / steps, "gate_loss": losses[1] / steps, "val_loss": val["loss"],
                   **{f"val_{k}": v for k, v in val["overall"].items() if k != "n"}, "best": improved,
                   "seconds": time.perf_counter() - epoch_start}  # fmt: skip
         folder.log_epoch(record, val["routing"])
-        progress.epoch, progress.stopped = epoch, bool(t.patience and progress.stale >= t.patience)
         progress.seconds = time.perf_counter() - start
         resume.save_progress(folder, model, optimizer, progress, meta)
         if improved:
@@ -180,15 +177,6 @@ def epoch_order(epoch: int, num_present_N: torch.Tensor, cfg: TrainConfig, seed:
     if warmup and cfg.order == "ascending":
         return torch.argsort(num_present_N, stable=True)
     return torch.randperm(n, generator=g)  # random warm-up: one fixed order for all warm-up epochs
-
-
-def better(metric: str, new: float | None, best: float | None) -> bool:
-    """Whether ``new`` improves on ``best`` (lower loss, higher anything else); an undefined value never does."""
-    if new is None or (isinstance(new, float) and math.isnan(new)):
-        return False
-    if best is None:
-        return True
-    return new < best if metric == "loss" else new > best
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -113,27 +113,36 @@ def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
     return "\n".join(lines)
 
 
-def plot_missing_rate(frame: pd.DataFrame, sweep: Sweep, path: Path) -> list[Path]:
-    """Primary metric vs MCAR rate per method with 95 % confidence bands, one figure per dataset."""
-    written = []
-    mcar = frame[frame.missing.str.startswith("mcar:")].copy()
-    if mcar.empty:
-        return written
-    mcar["rate"] = mcar.missing.str.split(":").str[1].astype(float)
+def missing_rate_curves(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
+    """Per dataset with at least two MCAR rates, method (sweep order) and rate: the primary metric's mean over seeds
+    and its 95 % interval (a single seed: the mean as both bounds)."""
+    rows = []
+    mcar = frame[frame.missing.str.startswith("mcar:")]
     for dataset, g in mcar.groupby("dataset"):
-        if g.rate.nunique() < 2:
+        rate = g.missing.str.split(":").str[1].astype(float)
+        if rate.nunique() < 2:
             continue
         metric = primary_metric(int(g.classes.iloc[0]))
+        for method in [m for m in sweep.methods if m in set(g.method)]:
+            for r, h in g[g.method == method].groupby(rate[g.method == method]):
+                s = mean_ci(h[metric])
+                low, high = (s["mean"], s["mean"]) if s["ci_low"] is None else (s["ci_low"], s["ci_high"])
+                rows.append({"dataset": dataset, "metric": metric, "method": method, "rate": r, "mean": s["mean"],
+                             "ci_low": low, "ci_high": high})  # fmt: skip
+    return pd.DataFrame(rows, columns=["dataset", "metric", "method", "rate", "mean", "ci_low", "ci_high"])
+
+
+def plot_missing_rate(curves: pd.DataFrame, reference: str | None, path: Path) -> list[Path]:
+    """One figure per dataset of ``missing_rate_curves``: the primary metric vs MCAR rate with 95 % bands."""
+    # pragma: no mutate block (drawing only: the numbers are missing_rate_curves', tested by hand)
+    written = []
+    for dataset, g in curves.groupby("dataset", sort=False):
+        metric = g.metric.iloc[0]
         fig = Figure(figsize=(7, 4.5))
         ax = fig.subplots()
-        for method in [m for m in sweep.methods if m in set(g.method)]:
-            stats_ = [(rate, mean_ci(h[metric])) for rate, h in g[g.method == method].groupby("rate")]
-            x = [r for r, _ in stats_]
-            y = np.array([s["mean"] for _, s in stats_])
-            lo = np.array([s["ci_low"] if s["ci_low"] is not None else s["mean"] for _, s in stats_])
-            hi = np.array([s["ci_high"] if s["ci_high"] is not None else s["mean"] for _, s in stats_])
-            (line,) = ax.plot(x, y, marker="o", label=method, lw=2 if method == sweep.reference else 1.3)
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        for method, h in g.groupby("method", sort=False):
+            (line,) = ax.plot(h.rate, h["mean"], marker="o", label=method, lw=2 if method == reference else 1.3)
+            ax.fill_between(h.rate, h.ci_low, h.ci_high, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("MCAR rate (share of modalities dropped per sample)")
         ax.set_ylabel(f"test {metric} (mean over seeds, 95% CI)")
         ax.set_title(f"{dataset}: {metric} vs missing rate")
@@ -158,12 +167,20 @@ def combination_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_combinations(combos: pd.DataFrame, sweep: Sweep, path: Path) -> list[Path]:
-    """A heatmap per grid point: combinations (rows, published order) x methods (columns)."""
-    written = []
+def combination_tables(combos: pd.DataFrame, sweep: Sweep) -> dict[str, pd.DataFrame]:
+    """Per grid point: combinations (rows, published order) x methods (columns, sweep order), the mean over seeds."""
+    tables = {}
     for point, g in combos.groupby("point", sort=False):
         table = g.groupby(["index", "combination", "method"]).value.mean().unstack("method")
-        table = table.sort_index(level="index")[[m for m in sweep.methods if m in table.columns]]
+        tables[point] = table.sort_index(level="index")[[m for m in sweep.methods if m in table.columns]]
+    return tables
+
+
+def plot_combinations(tables: dict[str, pd.DataFrame], metric: dict[str, str], path: Path) -> list[Path]:
+    """A heatmap per grid point of ``combination_tables`` (``metric``: the primary metric per point)."""
+    # pragma: no mutate block (drawing only: the numbers are combination_tables', tested by hand)
+    written = []
+    for point, table in tables.items():
         n_rows = len(table)
         values = table.to_numpy(dtype=float)
         fig = Figure(figsize=(max(5.5, 2.5 + 0.9 * table.shape[1]), 1.5 + 0.22 * n_rows))
@@ -177,7 +194,7 @@ def plot_combinations(combos: pd.DataFrame, sweep: Sweep, path: Path) -> list[Pa
         ax.set_yticks(range(n_rows), table.index.get_level_values("combination"), fontsize=6 if n_rows > 20 else 8)
         ax.set_xlabel("method")
         ax.set_ylabel("observed modalities")
-        ax.set_title(f"{point}: test {g.metric.iloc[0]} per combination", fontsize=9)
+        ax.set_title(f"{point}: test {metric[point]} per combination", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.05)
         fig.tight_layout()
         out = path / f"{point.replace(' ', '_').replace(':', '')}-combinations.png"
@@ -200,12 +217,13 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
     summary = summary_table(frame, sweep)
     summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.5f")
     combos = combination_frame(frame)
-    pngs = plot_missing_rate(frame, sweep, plots)
+    pngs = plot_missing_rate(missing_rate_curves(frame, sweep), sweep.reference, plots)
     if not combos.empty:
         combos.groupby(["point", "method", "index", "combination", "size", "metric"]).value.agg(
             ["mean", "std", "count"]
         ).reset_index().to_csv(out_dir / "combinations.csv", index=False, float_format="%.5f")
-        pngs += plot_combinations(combos, sweep, plots)
+        metric = dict(zip(combos.point, combos.metric))
+        pngs += plot_combinations(combination_tables(combos, sweep), metric, plots)
     sessions = read_sessions(out_dir)
     total = sum(s["seconds"] for s in sessions)
     expected = len(sweep.cells())
