@@ -1,12 +1,12 @@
 """A run folder and every file in it, named in one place.
 
-    config.yaml        the resolved config (train.resume cleared: the folder describes the run)
-    metrics.jsonl      one line per completed epoch (epochs count from 1)
-    routing.jsonl      validation routing of every epoch (routing drift)
-    best.safetensors   weights of the best validation epoch (checkpoint.py)
-    state.safetensors  training state after the last completed epoch, while the run is unfinished (resume.py)
-    summary.json       validation and test results, cost, notes: written last, so its presence means finished
-    eval-<protocol>.json, report/   written later by `multimoe eval` and `multimoe report`
+config.yaml        the resolved config (train.resume cleared: the folder describes the run)
+metrics.jsonl      one line per completed epoch (epochs count from 1)
+routing.jsonl      validation routing of every epoch (routing drift)
+best.safetensors   weights of the best validation epoch (checkpoint.py)
+state.safetensors  training state after the last completed epoch, while the run is unfinished (resume.py)
+summary.json       validation and test results, cost, notes: written last, so its presence means finished
+eval-<protocol>.json, report/   written later by `multimoe eval` and `multimoe report`
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class RunFolder:
         """An existing run folder (one written by ``multimoe train``), or a ConfigError saying it is not one."""
         folder = cls(Path(path))
         if not folder.config.is_file():
-            raise ConfigError(f"{path} is not a run folder (no {cls.CONFIG}); pass a folder written by `multimoe train`")
+            raise ConfigError(
+                f"{path} is not a run folder (no {cls.CONFIG}); pass a folder written by `multimoe train`"
+            )
         return folder
 
     @property

@@ -60,9 +60,7 @@ def _check_overrides(over: dict) -> None:
     for section, keys in over.items():
         for key in keys if isinstance(keys, dict) else [""]:
             if f"{section}.{key}" not in EVAL_OVERRIDES:
-                raise ConfigError(
-                    f"eval cannot override {section}.{key}; valid overrides: {', '.join(EVAL_OVERRIDES)}"
-                )
+                raise ConfigError(f"eval cannot override {section}.{key}; valid overrides: {', '.join(EVAL_OVERRIDES)}")
 
 
 def open_run(run_dir: str | Path, overrides: list[str] | None = None, table: Table | None = None) -> OpenRun:
