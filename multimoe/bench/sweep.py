@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from multimoe.config import ConfigError, load_yaml, to_dict
+from multimoe.config import Config, ConfigError, load_yaml, to_dict
 from multimoe.registry import load_config
 from multimoe.runs.folder import without_neutral
 
@@ -71,10 +71,32 @@ def cell_key(method: str, point: dict, seed: int, digest: str = "") -> str:
     return f"{method}|{json.dumps(point, sort_keys=True)}|{seed}|{digest}"
 
 
+# Config keys added after cells were stored (the public code's behaviour, configs/flexmoe-code.yaml): a key at its
+# default is left out of the digest, so the cells stored before it existed, which ran that default, keep their keys.
+ADDED_KEYS = (
+    "model.attn_residual",
+    "model.attn_out_dropout",
+    "model.moe.grow_experts",
+    "model.moe.init",
+    "train.order_ties",
+    "train.class_weights",
+    "train.carry_val_gate_loss",
+)
+
+
 def config_digest(cfg) -> str:
     """A digest of everything that decides a cell's result: the config without its result-neutral keys (where it
-    is written, how it is shown, where it runs) and without the seed, which the key holds on its own."""
+    is written, how it is shown, where it runs), without the seed, which the key holds on its own, and without the
+    added keys still at their defaults (``ADDED_KEYS``)."""
     d = without_neutral(to_dict(cfg), also=("seed",))
+    defaults = to_dict(Config())
+    for key in ADDED_KEYS:
+        *parents, last = key.split(".")
+        node, default = d, defaults
+        for p in parents:
+            node, default = node[p], default[p]
+        if node[last] == default[last]:
+            del node[last]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

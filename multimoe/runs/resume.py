@@ -44,6 +44,7 @@ class Progress:
     stale: int = 0  # epochs since the last improvement (early stopping)
     stopped: bool = False  # early stopping fired
     seconds: float = 0.0  # wall time of this run so far, over all its sessions
+    carry: float = 0.0  # router loss the next epoch's first step adds (train.carry_val_gate_loss; else 0)
 
 
 def check_same_config(folder: RunFolder, config: dict) -> None:
