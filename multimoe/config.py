@@ -11,6 +11,7 @@ This module is the bottom of the package: it imports nothing from multimoe.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -323,6 +324,44 @@ def read_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# Keys added after run folders and benchmark cells were written, each defaulting to the behaviour from before it
+# existed (the public code's switches, configs/flexmoe-code.yaml): a stored config that lacks one ran its default.
+# Checkpoints and training states written before compare equal to today's config (``with_added_defaults``), and the
+# benchmark's cell digest leaves them out while at their default (``multimoe.bench.sweep.config_digest``).
+ADDED_KEYS = (
+    "model.attn_residual",
+    "model.attn_out_dropout",
+    "model.moe.grow_experts",
+    "model.moe.init",
+    "train.order_ties",
+    "train.class_weights",
+    "train.carry_val_gate_loss",
+)
+
+
+def with_added_defaults(values: dict | None, section: str = "") -> dict | None:
+    """A stored config dict (the whole config, or its ``section``, e.g. ``"model"``) with the added keys it lacks
+    set to their defaults; other keys are left as they are."""
+    if not isinstance(values, dict):
+        return values
+    out = copy.deepcopy(values)
+    root = to_dict(Config())
+    for key in ADDED_KEYS:
+        path = key.split(".")
+        if section:
+            if path[0] != section:
+                continue
+            path = path[1:]
+        node, default = out, root[section] if section else root
+        for part in path[:-1]:
+            node, default = node.get(part), default[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(path[-1], default[path[-1]])
+    return out
 
 
 def replace(cfg: Config, overrides: list[str] | dict) -> Config:

@@ -13,15 +13,17 @@ from conftest import tiny_config
 from torch import nn
 
 from multimoe.bench import load_sweep
-from multimoe.bench.sweep import ADDED_KEYS, config_digest
-from multimoe.config import Config, TrainConfig, to_dict
+from multimoe.bench.sweep import config_digest
+from multimoe.config import ADDED_KEYS, Config, TrainConfig, to_dict, with_added_defaults
 from multimoe.data.dataset import DataSchema
 from multimoe.data.prepare import prepare
 from multimoe.data.table import build_table
+from multimoe.errors import CheckpointError
 from multimoe.gate_losses import _balance_keep
 from multimoe.model import Attention, FusionLayer, ModelOutput, build_model, resolve
 from multimoe.moe import MoE
 from multimoe.registry import ROUTERS, load_config
+from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 from multimoe.train import class_weights, epoch_order, run_epoch, train, train_step, validate
 
 ROOT = Path(__file__).parents[1]
@@ -338,3 +340,40 @@ def test_seeded_ties_keep_descending_counts():
     for epoch in (3, 4):  # after the warm-up: the shuffles, unchanged
         assert torch.equal(epoch_order(epoch, n_present, seeded, 0), epoch_order(epoch, n_present, TrainConfig(
             warmup_epochs=2), 0))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run folders and checkpoints written before the switches existed
+
+
+def test_added_keys_absent_from_a_stored_config_read_as_their_defaults():
+    old = to_dict(Config())
+    for key in ADDED_KEYS:
+        *parents, last = key.split(".")
+        node = old
+        for part in parents:
+            node = node[part]
+        del node[last]
+    assert with_added_defaults(old) == to_dict(Config())
+    assert with_added_defaults(old["model"], "model") == to_dict(Config())["model"]
+    kept = {**old, "train": {**old["train"], "order_ties": "seeded"}}  # a value it has is kept
+    assert with_added_defaults(kept)["train"]["order_ties"] == "seeded"
+
+
+def test_checkpoint_from_before_the_switches_loads(tmp_path):
+    cfg = tiny_config(tmp_path).model
+    model = build_model(resolve(cfg, SCHEMA5)[0], SCHEMA5)
+    old = to_dict(resolve(cfg, SCHEMA5)[0])
+    for key in ADDED_KEYS:
+        if key.startswith("model."):
+            *parents, last = key.split(".")[1:]
+            node = old
+            for part in parents:
+                node = node[part]
+            del node[last]
+    save_checkpoint(tmp_path / "old.safetensors", model, {"config": {"model": old}})
+    now = to_dict(resolve(cfg, SCHEMA5)[0])
+    load_checkpoint(tmp_path / "old.safetensors", model, expect_model_config=now)  # ran the defaults: accepted
+    now["attn_residual"] = False
+    with pytest.raises(CheckpointError, match="model.attn_residual"):  # it did not run the public code's block
+        load_checkpoint(tmp_path / "old.safetensors", model, expect_model_config=now)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from multimoe.config import Config, ConfigError, load_yaml, to_dict
+from multimoe.config import ADDED_KEYS, Config, ConfigError, load_yaml, to_dict
 from multimoe.registry import load_config
 from multimoe.runs.folder import without_neutral
 
@@ -71,23 +71,11 @@ def cell_key(method: str, point: dict, seed: int, digest: str = "") -> str:
     return f"{method}|{json.dumps(point, sort_keys=True)}|{seed}|{digest}"
 
 
-# Config keys added after cells were stored (the public code's behaviour, configs/flexmoe-code.yaml): a key at its
-# default is left out of the digest, so the cells stored before it existed, which ran that default, keep their keys.
-ADDED_KEYS = (
-    "model.attn_residual",
-    "model.attn_out_dropout",
-    "model.moe.grow_experts",
-    "model.moe.init",
-    "train.order_ties",
-    "train.class_weights",
-    "train.carry_val_gate_loss",
-)
-
-
 def config_digest(cfg) -> str:
     """A digest of everything that decides a cell's result: the config without its result-neutral keys (where it
     is written, how it is shown, where it runs), without the seed, which the key holds on its own, and without the
-    added keys still at their defaults (``ADDED_KEYS``)."""
+    keys added after cells were stored (``multimoe.config.ADDED_KEYS``) while at their defaults, so that the cells
+    stored before a key existed, which ran its default, keep their keys."""
     d = without_neutral(to_dict(cfg), also=("seed",))
     defaults = to_dict(Config())
     for key in ADDED_KEYS:

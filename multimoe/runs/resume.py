@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from multimoe.config import Config, ConfigError, to_dict
+from multimoe.config import Config, ConfigError, to_dict, with_added_defaults
 from multimoe.data.dataset import DataSchema
 from multimoe.errors import CheckpointError
 from multimoe.files import write_jsonl
@@ -91,7 +91,8 @@ def restore(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Op
                 "version, or start a new run"
             )
         state_meta = load_training_state(folder.state, model, optimizer)
-        diff = first_difference(without_neutral(state_meta.get("config", {})), without_neutral(meta["config"]))
+        written = with_added_defaults(state_meta.get("config", {}))  # a state from before a key was added
+        diff = first_difference(without_neutral(written), without_neutral(meta["config"]))
         if diff:
             raise CheckpointError(f"{folder.state} was written for another configuration ({diff}, state vs now)")
         if state_meta.get("schema") != meta["schema"]:
