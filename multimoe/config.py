@@ -11,6 +11,7 @@ This module is the bottom of the package: it imports nothing from multimoe.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -75,6 +76,12 @@ class MoEConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     gate_loss: GateLossConfig = field(default_factory=GateLossConfig)  # router losses (weight: train.gate_loss_weight)
     capacity_factor: float = 0.0  # cap each expert at ceil(factor*T*top_k/E) (token, slot) pairs; 0: dropless
+    # when Flex-MoE's identity map needs more experts than num_experts: 2^M-1 | 2^M (the count the public code was
+    # run with here; below 2^M-1 its cross-entropy target overflows: moe_module.py AddtionalNoisyGate.forward)
+    grow_experts: Literal["combinations", "power_of_two"] = "combinations"
+    # expert and gate init: torch (nn.Linear's) | fastmoe (the public code's library: FMoELinear.reset_parameters
+    # U(+-1/sqrt(in*out)) with zero biases, NoisyGate.reset_parameters U(+-1/sqrt(E)))
+    init: Literal["torch", "fastmoe"] = "torch"
 
 
 @dataclass
@@ -85,6 +92,9 @@ class ModelConfig:
     heads: int = 4  # attention heads
     layers: int = 1  # fusion layers
     dropout: float = 0.5  # dropout on attention probabilities and on both residual branches
+    # x + attn(LN(x)) | false: a + dropout(a), a = attn(LN(x)) (public code: models.py TransformerEncoderLayer.forward)
+    attn_residual: bool = True
+    attn_out_dropout: bool = False  # dropout on the attention's output projection too (models.py Attention proj_drop)
     ffn: Literal["moe", "dense"] = "moe"  # fusion feed-forward
     dense_hidden: int = 1024  # hidden width of the dense feed-forward (1024: Flex-MoE's active top-4 x 256)
     fill: str = "bank"  # missing-modality fill (registry): bank (Flex-MoE) | token | zero | additive
@@ -99,12 +109,21 @@ class TrainConfig:
     epochs: int = 50  # training epochs
     warmup_epochs: int = 5  # curriculum epochs with a sorted, unshuffled training set
     order: Literal["descending", "ascending", "random"] = "descending"  # warm-up sort by observed modalities
+    # warm-up order among equal counts: stable | seeded (a seeded stand-in for the public code's string-hash order:
+    # data.py load_and_preprocess_data's list(set(ids)), then MultiModalDataset's stable sorted())
+    order_ties: Literal["stable", "seeded"] = "stable"
     batch_size: int = 8  # training batch size
     eval_batch_size: int = 512  # batch size for validation and test
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-4  # learning rate
     weight_decay: float = 0.0  # weight decay
     gate_loss_weight: float = 0.01  # weight of the router losses in the total loss
+    # cross-entropy class weights: none | code ([0.25, 0.75] on binary tasks: main.py train_and_evaluate's criterion
+    # for every dataset but ADNI; plain with more classes, where the code's two weights cannot apply)
+    class_weights: Literal["none", "code"] = "none"
+    # add the validation pass's summed gate loss to the next epoch's first training loss, as the public code's gate
+    # keeps it (AddtionalNoisyGate.set_loss accumulates, FlexMoE.gate_loss clears); a constant: no gradient
+    carry_val_gate_loss: bool = False
     modality_dropout: float = 0.0  # hide each present modality of a training sample with this probability (keeps one)
     grad_clip: float = 0.0  # gradient norm clip (0: off)
     select: Literal["accuracy", "f1", "auc", "loss"] = "accuracy"  # validation metric of the best checkpoint
@@ -305,6 +324,44 @@ def read_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# Keys added after run folders and benchmark cells were written, each defaulting to the behaviour from before it
+# existed (the public code's switches, configs/flexmoe-code.yaml): a stored config that lacks one ran its default.
+# Checkpoints and training states written before compare equal to today's config (``with_added_defaults``), and the
+# benchmark's cell digest leaves them out while at their default (``multimoe.bench.sweep.config_digest``).
+ADDED_KEYS = (
+    "model.attn_residual",
+    "model.attn_out_dropout",
+    "model.moe.grow_experts",
+    "model.moe.init",
+    "train.order_ties",
+    "train.class_weights",
+    "train.carry_val_gate_loss",
+)
+
+
+def with_added_defaults(values: dict | None, section: str = "") -> dict | None:
+    """A stored config dict (the whole config, or its ``section``, e.g. ``"model"``) with the added keys it lacks
+    set to their defaults; other keys are left as they are."""
+    if not isinstance(values, dict):
+        return values
+    out = copy.deepcopy(values)
+    root = to_dict(Config())
+    for key in ADDED_KEYS:
+        path = key.split(".")
+        if section:
+            if path[0] != section:
+                continue
+            path = path[1:]
+        node, default = out, root[section] if section else root
+        for part in path[:-1]:
+            node, default = node.get(part), default[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(path[-1], default[path[-1]])
+    return out
 
 
 def replace(cfg: Config, overrides: list[str] | dict) -> Config:

@@ -128,9 +128,16 @@ def metrics_from_predictions(pred: Predictions, modalities: tuple[str, ...]) -> 
     }
 
 
-def evaluate(model: torch.nn.Module, data: MultimodalData, batch_size: int = 512, device: str = "cpu") -> dict:
-    """Metrics of ``model`` on ``data``: overall, per combination, per combination size, mean loss."""
-    return metrics_from_predictions(predict(model, data, batch_size, device), data.schema.modalities)
+def evaluate(
+    model: torch.nn.Module,
+    data: MultimodalData,
+    batch_size: int = 512,
+    device: str = "cpu",
+    on_output: Callable | None = None,
+) -> dict:
+    """Metrics of ``model`` on ``data``: overall, per combination, per combination size, mean loss (``on_output``:
+    as in ``predict``)."""
+    return metrics_from_predictions(predict(model, data, batch_size, device, on_output), data.schema.modalities)
 
 
 def evaluate_combinations(model, data: MultimodalData, natural_NM: np.ndarray, batch_size: int = 512) -> list[dict]:

@@ -7,6 +7,10 @@ Flex-MoE (METHODS.md §1): every modality becomes P tokens; absent modalities ar
 modalities are concatenated, a learned positional embedding (zero init) is added, then pre-LN transformer layers:
 x = x + attention(LN(x)) (the residual the public code lost) and x = x + MoE(LN(x)), the MoE running once over all
 tokens. Head: mean of each modality's tokens, concatenated, one linear layer.
+
+The public code's attention block, behind two switches (configs/flexmoe-code.yaml): ``attn_residual=false`` gives its
+a + dropout(a) with a = attention(LN(x)) (models.py TransformerEncoderLayer.forward: the input x is lost), and
+``attn_out_dropout=true`` its second dropout on the attention's output projection (models.py Attention, proj_drop).
 """
 
 from __future__ import annotations
@@ -28,14 +32,16 @@ from multimoe.registry import ARCHS, ENCODERS, FILLS, ROUTERS
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all modality tokens (query and key/value maps without bias, as published)."""
+    """Multi-head self-attention over all modality tokens (query and key/value maps without bias, as published);
+    ``out_dropout`` also drops the output projection's result (the public code's proj_drop)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, out_dropout: bool = False) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
+        self.out_drop = Dropout(dropout if out_dropout else 0.0)
 
     def forward(self, x_BLD: Tensor) -> Tensor:
         B, L, D = x_BLD.shape
@@ -47,7 +53,7 @@ class Attention(nn.Module):
             out = drop(probs, self.dropout) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+        return self.out_drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))
 
 
 class DenseFFN(nn.Module):
@@ -62,17 +68,28 @@ class DenseFFN(nn.Module):
 
 
 class FusionLayer(nn.Module):
-    """Pre-LN transformer layer with residuals on both branches; the feed-forward is a MoE or dense."""
+    """Pre-LN transformer layer with residuals on both branches (``attn_residual=False``: the public code's
+    attention block, a + dropout(a)); the feed-forward is a MoE or dense."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, ffn: nn.Module) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float,
+        ffn: nn.Module,
+        attn_residual: bool = True,
+        attn_out_dropout: bool = False,
+    ) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout, attn_out_dropout)
         self.ffn = ffn
         self.drop1, self.drop2 = Dropout(dropout), Dropout(dropout)
+        self.attn_residual = attn_residual
 
     def forward(self, x_BLD: Tensor, info: TokenInfo) -> tuple[Tensor, MoEOutput | None]:
-        x_BLD = x_BLD + self.drop1(self.attn(self.norm1(x_BLD)))
+        a_BLD = self.attn(self.norm1(x_BLD))
+        x_BLD = (x_BLD if self.attn_residual else a_BLD) + self.drop1(a_BLD)
         h_TD = self.norm2(x_BLD).reshape(-1, x_BLD.shape[-1])
         out = self.ffn(h_TD, info)
         moe_out = out if isinstance(out, MoEOutput) else None
@@ -102,7 +119,10 @@ class MultimodalMoE(nn.Module):
         self.fill = FILLS.build(cfg.fill, M, P, D)
         self.pos_LD = nn.Parameter(torch.zeros(M * P, D))
         self.layers = nn.ModuleList(
-            [FusionLayer(D, cfg.heads, cfg.dropout, self._build_ffn(cfg, M)) for _ in range(cfg.layers)]
+            [
+                FusionLayer(D, cfg.heads, cfg.dropout, self._build_ffn(cfg, M), cfg.attn_residual, cfg.attn_out_dropout)
+                for _ in range(cfg.layers)
+            ]
         )
         self.head = nn.Linear(M * D, schema.num_classes)
         self.register_buffer("modality_L", torch.arange(M).repeat_interleave(P), persistent=False)
@@ -116,7 +136,7 @@ class MultimodalMoE(nn.Module):
         if gate.supervision == "combination":
             targets_S = combination_targets(num_combinations(M), E, gate.combination_map)
         router = ROUTERS.build(r.kind, cfg.dim, E, r.top_k, r.layout, M)
-        return MoE(cfg.dim, cfg.moe.hidden, router, gate, targets_S, cfg.moe.capacity_factor)
+        return MoE(cfg.dim, cfg.moe.hidden, router, gate, targets_S, cfg.moe.capacity_factor, cfg.moe.init)
 
     def forward(self, batch: Batch) -> ModelOutput:
         B = len(batch)
@@ -178,7 +198,9 @@ def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str
 
     Flex-MoE maps combination c to expert c, so with combination supervision and the identity map it needs one
     expert per combination (2^M - 1); its public code crashes otherwise. We then raise the expert count, as the
-    public code requires, and say so. Resolving a resolved config changes nothing (resumed runs read theirs)."""
+    public code requires, to 2^M - 1 (or to 2^M with ``moe.grow_experts=power_of_two``, the count the public code
+    was run with for the reproduction) and say so. Resolving a resolved config changes nothing (resumed runs read
+    theirs)."""
     cfg = copy.deepcopy(cfg)
     notes = []
     moe = cfg.moe
@@ -187,11 +209,13 @@ def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str
     combos = num_combinations(schema.num_modalities)
     identity = moe.gate_loss.supervision == "combination" and moe.gate_loss.combination_map == "identity"
     if identity and moe.num_experts < combos:
+        grown = combos if moe.grow_experts == "combinations" else combos + 1
+        how = "one per combination" if grown == combos else f"2^{schema.num_modalities}, as the public code was run"
         notes.append(
             f"{schema.num_modalities} modalities give {combos} combinations > {moe.num_experts} experts: "
-            f"using {combos} experts (one per combination, as Flex-MoE's identity map requires)"
+            f"using {grown} experts ({how}; Flex-MoE's identity map needs one per combination)"
         )
-        moe.num_experts = combos
+        moe.num_experts = grown
     if not 1 <= moe.router.top_k <= moe.num_experts:
         pool = "per modality pool" if moe.router.layout == "disjoint" else "in all"
         raise ConfigError(

@@ -189,6 +189,7 @@ class MoE(nn.Module):
         gate: GateLossConfig,
         targets_S: Tensor | None = None,
         capacity_factor: float = 0.0,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         self.router = router
@@ -209,6 +210,22 @@ class MoE(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation, per expert
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
+        if _fastmoe_init(init):
+            self._init_as_fastmoe(dim, hidden)
+
+    @torch.no_grad()
+    def _init_as_fastmoe(self, dim: int, hidden: int) -> None:
+        """The public code's initialisation (model.moe.init=fastmoe), from the same random draws rescaled, so that
+        every other parameter of the model starts as with the default: fastmoe's FMoELinear.reset_parameters runs
+        kaiming_uniform(a=sqrt(5)) on a whole (E, out, in) weight, whose fan-in torch takes as out * in, so
+        U(+-1/sqrt(D*H)) for both expert layers, and zero biases; NoisyGate.reset_parameters runs it on the (D, E)
+        gate and noise matrices, fan-in E: U(+-1/sqrt(E)) where the router drew U(+-1/sqrt(D))."""
+        for w, fan_in in ((self.w1_EDH, dim), (self.w2_EHD, hidden)):
+            w.mul_(math.sqrt(fan_in / (dim * hidden)))
+        self.b1_EH.zero_()
+        self.b2_ED.zero_()
+        for w in self.router.parameters():
+            w.mul_(math.sqrt(dim / self.router.pool))
 
     @property
     def num_experts(self) -> int:
@@ -237,6 +254,12 @@ class MoE(nn.Module):
             self.pool_ME,
         )
         return MoEOutput(out_TD, routing, counts_E, aux)
+
+
+def _fastmoe_init(init: str) -> bool:
+    if init not in ("torch", "fastmoe"):
+        raise ValueError(f"unknown MoE init {init!r}; choose torch or fastmoe")
+    return init == "fastmoe"
 
 
 def exclude_from_compile(model: nn.Module) -> None:

@@ -110,9 +110,9 @@ def fit(model, optimizer, splits: Splits, cfg: Config, folder: RunFolder, progre
         epoch_start = time.perf_counter()
         order = epoch_order(epoch, num_present_N, t, cfg.seed)
         losses = run_epoch(model, optimizer, splits.train, order, t, device, functools.partial(guard.observe, epoch),
-                           bar.update)  # fmt: skip
+                           bar.update, progress.carry)  # fmt: skip
         guard.check()
-        val = evaluate(model, splits.val, t.eval_batch_size, device)
+        val, progress.carry = validate(model, splits.val, t, device)
         value = validation_value(val, t.select)
         improved = record_epoch(progress, epoch, value, t.select, t.patience)
         record = {"epoch": epoch, "phase": "warmup" if epoch <= t.warmup_epochs else "train",
@@ -131,35 +131,65 @@ def fit(model, optimizer, splits: Splits, cfg: Config, folder: RunFolder, progre
     bar.close()
 
 
-def run_epoch(model, optimizer, data: MultimodalData, order: torch.Tensor, t: TrainConfig, device, check, tick):
+def validate(model, data: MultimodalData, t: TrainConfig, device) -> tuple[dict, float]:
+    """The validation metrics, and the router loss the next epoch's first step carries: with
+    ``train.carry_val_gate_loss`` the validation batches' gate losses summed (the public code's gate accumulates
+    them in its ``loss`` attribute, AddtionalNoisyGate.set_loss, until a training step's FlexMoE.gate_loss reads and
+    clears it), else 0. The code's evaluation batches (8) and its eval-mode balance terms give another value; the
+    carried amount is a constant in either case, so the gradient does not see it."""
+    if not t.carry_val_gate_loss:
+        return evaluate(model, data, t.eval_batch_size, device), 0.0
+    gate = []
+    val = evaluate(model, data, t.eval_batch_size, device, lambda out, batch: gate.append(out.aux_loss))
+    return val, float(sum(gate))
+
+
+def run_epoch(model, optimizer, data: MultimodalData, order: torch.Tensor, t: TrainConfig, device, check, tick,
+              carry: float = 0.0):  # fmt: skip
     """One pass over ``data`` in ``order``; returns the summed task and router losses. ``check(step, loss, norm)``
-    sees every step before its update, ``tick()`` is called after it."""
+    sees every step before its update, ``tick()`` is called after it. ``carry``: a router loss the first step adds
+    (the previous validation pass's, ``train.carry_val_gate_loss``)."""
     model.train()
     task_sum, gate_sum = torch.zeros(()), torch.zeros(())
     for step, batch in enumerate(data.batches(t.batch_size, order), start=1):
-        task_loss, aux_loss = train_step(model, optimizer, batch.to(device), t, functools.partial(check, step))
+        extra = carry if step == 1 else 0.0
+        task_loss, aux_loss = train_step(model, optimizer, batch.to(device), t, functools.partial(check, step), extra)
         task_sum += task_loss.cpu()
         gate_sum += aux_loss.cpu()
         tick()
     return float(task_sum), float(gate_sum)
 
 
-def train_step(model, optimizer, batch, t: TrainConfig, check=None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(model, optimizer, batch, t: TrainConfig, check=None, carry: float = 0.0):
     """One optimisation step: (modality dropout,) forward, task loss + weighted router loss, backward, gradient
     norm (clipped when ``train.grad_clip`` > 0), ``check(loss, norm)`` before the update (the finite guard), update.
-    Returns the detached task and router losses."""
+    ``carry`` is a constant router loss added to this step's (``train.carry_val_gate_loss``): it changes the loss
+    and the router loss returned, never the gradient. Returns the detached task and router losses."""
     if t.modality_dropout > 0:
         batch = batch.with_presence(drop_modalities(batch.present_BM, t.modality_dropout))
     out = model(batch)
-    task_loss = F.cross_entropy(out.logits_BC, batch.labels_B)
-    loss = task_loss + t.gate_loss_weight * out.aux_loss
+    task_loss = F.cross_entropy(out.logits_BC, batch.labels_B, weight=class_weights(t, out.logits_BC))
+    aux_loss = out.aux_loss + carry if carry else out.aux_loss
+    loss = task_loss + t.gate_loss_weight * aux_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = grad_norm(model, t.grad_clip)
     if check is not None:
         check(loss, norm)
     optimizer.step()
-    return task_loss.detach(), out.aux_loss.detach()
+    return task_loss.detach(), aux_loss.detach()
+
+
+CODE_CLASS_WEIGHTS = (0.25, 0.75)  # the public code's criterion for binary tasks (main.py train_and_evaluate)
+
+
+def class_weights(t: TrainConfig, logits_BC: torch.Tensor) -> torch.Tensor | None:
+    """The task loss's class weights: None (plain cross-entropy), or with ``train.class_weights=code`` on a binary
+    task the public code's [0.25, 0.75] (its criterion for every dataset but ADNI; with more classes it has no
+    weights to give, and the reproduction uses its plain ADNI criterion)."""
+    if t.class_weights == "none" or logits_BC.shape[1] != len(CODE_CLASS_WEIGHTS):
+        return None
+    return logits_BC.new_tensor(CODE_CLASS_WEIGHTS)
 
 
 def epoch_order(epoch: int, num_present_N: torch.Tensor, cfg: TrainConfig, seed: int) -> torch.Tensor:
@@ -168,14 +198,20 @@ def epoch_order(epoch: int, num_present_N: torch.Tensor, cfg: TrainConfig, seed:
     Flex-MoE's curriculum ("generalize, then specialize"): for the first ``warmup_epochs`` epochs the training set
     is not shuffled and is sorted by number of observed modalities, descending (stable; ``ascending`` and
     ``random`` are the paper's ablations); afterwards every epoch is a fresh permutation.
+
+    Samples with equal counts keep the data's order, or with ``order_ties=seeded`` a seeded random order, the same
+    in every warm-up epoch: a reproducible stand-in for the public code's, which is the iteration order of a Python
+    set of string ids (data.py load_and_preprocess_data) and so changes with the process's string hashing.
     """
     n = num_present_N.shape[0]
     warmup = epoch <= cfg.warmup_epochs
     g = torch.Generator().manual_seed(seed * 1_000_003 + (-1 if warmup else epoch - 1))
-    if warmup and cfg.order == "descending":
-        return torch.argsort(-num_present_N, stable=True)
-    if warmup and cfg.order == "ascending":
-        return torch.argsort(num_present_N, stable=True)
+    if warmup and cfg.order in ("descending", "ascending"):
+        key_N = -num_present_N if cfg.order == "descending" else num_present_N
+        if cfg.order_ties == "stable":
+            return torch.argsort(key_N, stable=True)
+        ties_N = torch.randperm(n, generator=g)  # the order equal counts keep
+        return ties_N[torch.argsort(key_N[ties_N], stable=True)]
     return torch.randperm(n, generator=g)  # random warm-up: one fixed order for all warm-up epochs
 
 

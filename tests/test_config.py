@@ -27,6 +27,10 @@ CPU_RECIPE = {"train.batch_size": 32, "train.lr": 4e-4, "train.epochs": 12, "tra
 PRESETS = {
     "flexmoe": {"method": "flexmoe", **FLEXMOE},
     "flexmoe-cpu": {**FLEXMOE, "method": "flexmoe", **CPU_RECIPE},
+    "flexmoe-code": {**FLEXMOE, "method": "flexmoe-code", "model.attn_residual": False, "model.attn_out_dropout": True,
+                     "model.moe.grow_experts": "power_of_two", "model.moe.init": "fastmoe",
+                     "model.moe.gate_loss.balance_exclude": "expert0", "train.order_ties": "seeded",
+                     "train.class_weights": "code", "train.carry_val_gate_loss": True},
     "smoe": {**FLEXMOE, "method": "smoe", "model.fill": "token", "model.moe.router.kind": "softmax_topk",
              "model.moe.gate_loss.supervision": "balance"},
     "fusemoe": {**FLEXMOE, "method": "fusemoe", "model.fill": "token", "model.moe.router.kind": "laplace",

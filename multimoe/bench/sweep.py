@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from multimoe.config import ConfigError, load_yaml, to_dict
+from multimoe.config import ADDED_KEYS, Config, ConfigError, load_yaml, to_dict
 from multimoe.registry import load_config
 from multimoe.runs.folder import without_neutral
 
@@ -73,8 +73,18 @@ def cell_key(method: str, point: dict, seed: int, digest: str = "") -> str:
 
 def config_digest(cfg) -> str:
     """A digest of everything that decides a cell's result: the config without its result-neutral keys (where it
-    is written, how it is shown, where it runs) and without the seed, which the key holds on its own."""
+    is written, how it is shown, where it runs), without the seed, which the key holds on its own, and without the
+    keys added after cells were stored (``multimoe.config.ADDED_KEYS``) while at their defaults, so that the cells
+    stored before a key existed, which ran its default, keep their keys."""
     d = without_neutral(to_dict(cfg), also=("seed",))
+    defaults = to_dict(Config())
+    for key in ADDED_KEYS:
+        *parents, last = key.split(".")
+        node, default = d, defaults
+        for p in parents:
+            node, default = node[p], default[p]
+        if node[last] == default[last]:
+            del node[last]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

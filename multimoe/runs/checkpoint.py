@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from multimoe.config import with_added_defaults
 from multimoe.errors import CheckpointError
 from multimoe.files import atomic_write
 from multimoe.version import __version__
@@ -98,8 +99,9 @@ def load_checkpoint(
     meta = read_meta(path)
     if meta.get("kind", "model") != "model":
         raise CheckpointError(f"{path} is a multimoe {meta['kind']} checkpoint, not a model checkpoint")
-    if expect_model_config is not None:
-        diff = first_difference(meta.get("config", {}).get("model"), expect_model_config, "model.")
+    if expect_model_config is not None:  # a checkpoint from before a key was added ran that key's default
+        stored = with_added_defaults(meta.get("config", {}).get("model"), "model")
+        diff = first_difference(stored, expect_model_config, "model.")
         if diff:
             raise CheckpointError(f"checkpoint {path} was written for another model configuration ({diff})")
     state = _load_tensors(path)

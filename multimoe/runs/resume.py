@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from multimoe.config import Config, ConfigError, to_dict
+from multimoe.config import Config, ConfigError, to_dict, with_added_defaults
 from multimoe.data.dataset import DataSchema
 from multimoe.errors import CheckpointError
 from multimoe.files import write_jsonl
@@ -44,6 +44,7 @@ class Progress:
     stale: int = 0  # epochs since the last improvement (early stopping)
     stopped: bool = False  # early stopping fired
     seconds: float = 0.0  # wall time of this run so far, over all its sessions
+    carry: float = 0.0  # router loss the next epoch's first step adds (train.carry_val_gate_loss; else 0)
 
 
 def check_same_config(folder: RunFolder, config: dict) -> None:
@@ -90,7 +91,8 @@ def restore(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Op
                 "version, or start a new run"
             )
         state_meta = load_training_state(folder.state, model, optimizer)
-        diff = first_difference(without_neutral(state_meta.get("config", {})), without_neutral(meta["config"]))
+        written = with_added_defaults(state_meta.get("config", {}))  # a state from before a key was added
+        diff = first_difference(without_neutral(written), without_neutral(meta["config"]))
         if diff:
             raise CheckpointError(f"{folder.state} was written for another configuration ({diff}, state vs now)")
         if state_meta.get("schema") != meta["schema"]:
