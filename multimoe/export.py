@@ -134,7 +134,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, check_rows: 
             f"{folder.path} has no {RunFolder.PREPROCESS} (written before runs kept their preprocessing): a server "
             "could not encode rows as its training rows were; retrain it to export"
         )
-    onnx, ort = _onnx_modules()
+    _onnx_modules()  # before the work: a missing extra fails with the install command
     _, model = load_model(folder)
     model.eval()
     out = Path(out) if out is not None else folder.onnx
@@ -180,6 +180,7 @@ def check_export(model, onnx_bytes: bytes, rows: int = 64) -> float:
     _, ort = _onnx_modules()
     schema = model.schema
     M = schema.num_modalities
+    rows = max(2, min(rows, 4096 // len(combinations(M))))  # at most ~4096 rows when modalities are many
     present = np.concatenate([np.repeat(np.isin(np.arange(M), c)[None], rows, axis=0) for c in combinations(M)])
     gen = torch.Generator().manual_seed(0)
     n = len(present)
