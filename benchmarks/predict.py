@@ -30,13 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-
-from multimoe.data.table import build_table
-from multimoe.export import export_onnx, feed
-from multimoe.predict import load_predictor
-from multimoe.registry import load_config
-from multimoe.train import train
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "multimoe.yaml"
 # `python -m multimoe` that reports its peak resident memory last on stderr: VmHWM of its own address space (the
@@ -63,6 +56,9 @@ def new_rows(frame: pd.DataFrame, modalities: dict[str, list[str]], n: int, seed
 
 def onnx_against_torch(predictor, onnx_path: Path, rows: pd.DataFrame, reps: int, threads: int) -> dict:
     import onnxruntime as ort
+    import torch
+
+    from multimoe.export import feed
 
     torch.set_num_threads(threads)
     options = ort.SessionOptions()
@@ -119,6 +115,12 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     if args.reps < 5:
         parser.error("--reps: at least 5 repetitions, for a median")
+    from multimoe.data.table import build_table  # after the arguments: a wrong one answers at once
+    from multimoe.export import export_onnx
+    from multimoe.predict import load_predictor
+    from multimoe.registry import load_config
+    from multimoe.train import train
+
     with tempfile.TemporaryDirectory(prefix="multimoe-predict-bench-", dir=args.workdir) as tmp:
         tmp = Path(tmp)
         run = args.run

@@ -22,9 +22,10 @@ TINY = {"model__dim": 8, "model__tokens": 2, "model__heads": 2, "model__moe__hid
 # scikit-learn checks that cannot apply, with the reason (the others pass: test_scikit_learn_checks)
 NOT_APPLICABLE = {
     "check_no_attributes_set_in_init": "config overrides are **kwargs kept as attributes so that get_params, "
-    "set_params and clone see them; the check knows only the parameters named in the signature",
-    "check_dataframe_column_names_consistency": "columns are matched by name and a column or modality absent from "
-    "the DataFrame is missing (as in `multimoe predict`), so other column names are not an error",
+    "set_params and clone see them; the check knows only the signature's parameters (it passes without overrides)",
+    "check_dataframe_column_names_consistency": "not run by check_estimator; by hand it fails: columns are matched "
+    "by name, a column or modality absent from the DataFrame is missing data (as in `multimoe predict`), and an "
+    "array takes the fitted names by position, so other names are not an error",
 }
 # checks whose generated data have a class with a single row (or fewer rows of a class than the validation split
 # needs): fit holds out a stratified validation split, as the presets do, and says so with a ValueError
