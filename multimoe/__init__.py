@@ -42,6 +42,11 @@ _EXPORTS = {
     "RunResult": "multimoe.train",
     "train": "multimoe.train",
     "evaluate_run": "multimoe.runs.reopen",
+    "Predictor": "multimoe.predict",
+    "load_predictor": "multimoe.predict",
+    "MultiMoEClassifier": "multimoe.estimator",
+    "export_onnx": "multimoe.export",
+    "OnnxPredictor": "multimoe.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -44,6 +44,13 @@ def _bitmask_to_index(num_modalities: int) -> Tensor:
     return lut
 
 
+def combination_table(num_modalities: int) -> Tensor:
+    """Combination index of every presence bitmask (bit m: modality m; -1 for the empty set), a fresh tensor: what
+    ``combination_index`` looks up, for graphs that must hold it themselves (``torch.export`` would otherwise cache a
+    traced tensor in place of the real one)."""
+    return _bitmask_to_index(num_modalities).clone()
+
+
 def combination_index(present_BM: Tensor) -> Tensor:
     """Combination index per sample (published order); raises on a sample with no present modality."""
     present_BM = present_BM.bool()

@@ -1,10 +1,12 @@
-"""Command line: ``multimoe train | eval | report | bench | datasets | list``. It parses and calls library functions.
+"""Command line: ``multimoe train | eval | predict | export | report | bench | datasets | list``. It parses and calls
+library functions.
 
 Nothing heavy loads before the arguments are parsed (the parts of the library that load torch, pandas or
 scikit-learn are imported inside the command that needs them), so ``--help`` and ``list`` answer at once. The last
 line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics; ``report``
-prints one with ``run_dir`` and ``report`` (the HTML page). Errors a user can fix print one ``error:`` line and exit
-with status 2.
+prints one with ``run_dir`` and ``report`` (the HTML page); ``predict`` one with ``predictions``, ``rows`` and
+``by_combination``; ``export`` one with ``model`` and ``bytes``. Errors a user can fix print one ``error:`` line and
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -53,6 +55,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = evaluate_run(args.run_dir, args.overrides)
     print(format_results(result["test"], f"test ({result['missing']}; trained under {result['train_missing']})"))
     print(_final_line(result["run_dir"], result["test"], missing=result["missing"]))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from multimoe.predict import final_line, format_summary, load_predictor
+
+    summary = load_predictor(args.run_dir).predict_file(args.data, args.out, args.id, args.explain)
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(format_summary(summary))
+    print(final_line(summary))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from multimoe.export import export_onnx
+
+    path = export_onnx(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {path} (inputs: preprocessed modality tensors and the presence mask)")
+    print(json.dumps({"model": str(path), "bytes": path.stat().st_size}))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -126,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a folder written by `multimoe train`")
     p.add_argument("overrides", nargs="*", help="e.g. data.missing=mcar:0.5")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("predict", help="predict new rows (CSV, TSV or Parquet) with a run's best model")
+    p.add_argument("run_dir", help="a folder written by `multimoe train`")
+    p.add_argument("data", help="a CSV, TSV or Parquet file with the training table's columns (the label is optional)")
+    p.add_argument("--out", help="output table: CSV, or Parquet by extension (default: print a summary only)")
+    p.add_argument("--id", metavar="COLUMN", help="a column of DATA to pass through to the output")
+    p.add_argument("--explain", action="store_true", help="add each row's top experts and gate weights per modality")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="export a run's best neural model (ONNX) for serving")
+    p.add_argument("run_dir", help="a folder written by `multimoe train`")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the format (onnx)")
+    p.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="run a sweep (methods x grid x seeds) in parallel, resumable; render tables/plots")
     p.add_argument("sweep", help="sweep file, e.g. configs/sweeps/main.yaml")
     p.add_argument("--out", default="results", help="results folder: cells.jsonl store, <sweep name>/ tables")

@@ -139,7 +139,7 @@ class MultimodalMoE(nn.Module):
         return MoE(cfg.dim, cfg.moe.hidden, router, gate, targets_S, cfg.moe.capacity_factor, cfg.moe.init)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        B = len(batch)
+        B = batch.present_BM.shape[0]  # not len(batch): an int, which would fix the batch size of an export
         M, P, D = self.schema.num_modalities, self.cfg.tokens, self.cfg.dim
         enc_BMPD = torch.stack(
             [self.encoders[m](batch.inputs[m], batch.cell_missing[m]) for m in self.schema.modalities], dim=1

@@ -178,6 +178,41 @@ def expert_ffn(
     return out_TD, plan.counts_E
 
 
+def dense_expert_ffn(
+    x_TD: Tensor,
+    ids_TK: Tensor,
+    weights_TK: Tensor,
+    w1_EDH: Tensor,
+    b1_EH: Tensor,
+    w2_EHD: Tensor,
+    b2_ED: Tensor,
+    capacity_factor: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """``expert_ffn``'s outputs computed densely, for export (ONNX) and as an independent check of the engine: every
+    expert runs on every token (E / K times the engine's FLOPs), each token's K outputs are gathered by its expert ids
+    and combined with its gate weights as the engine combines them. Under a capacity, the assignments each expert
+    drops are the engine's: past ``capacity`` in slot-major, then token, order. No numpy, no data-dependent shape:
+    ``torch.export`` traces it with a symbolic number of tokens. Forward only (evaluation)."""
+    T, K = ids_TK.shape
+    E, D = w1_EDH.shape[0], w1_EDH.shape[1]
+    h_ETH = F.gelu(torch.baddbmm(b1_EH.unsqueeze(1), x_TD.unsqueeze(0).expand(E, T, D), w1_EDH))
+    y_ETD = torch.baddbmm(b2_ED.unsqueeze(1), h_ETH, w2_EHD)
+    row_TK = ids_TK * T + torch.arange(T, device=ids_TK.device).unsqueeze(1)  # row of (expert, token) in y_ETD
+    y_TKD = y_ETD.reshape(E * T, -1).index_select(0, row_TK.reshape(-1)).view(T, K, -1)
+    onehot_AE = F.one_hot(ids_TK.t().reshape(-1), E)  # assignments a = k * T + t, slot-major like the engine
+    counts_E = onehot_AE.sum(dim=0)
+    mixing_TK = weights_TK
+    if capacity_factor > 0:
+        tokens = torch.ones_like(ids_TK[:, 0], dtype=torch.float64).sum()  # T as a tensor (symbolic under export)
+        capacity = torch.ceil(capacity_factor * tokens * K / E).clamp(min=1)
+        rank_A = ((onehot_AE.cumsum(dim=0) - onehot_AE) * onehot_AE).sum(dim=1)  # earlier assignments, same expert
+        keep_TK = (rank_A < capacity).view(K, T).t()
+        mixing_TK = weights_TK * keep_TK.to(weights_TK.dtype)
+        counts_E = torch.minimum(counts_E, capacity.to(counts_E.dtype))
+    out_TD = torch.bmm(mixing_TK.unsqueeze(1).to(y_TKD.dtype), y_TKD).squeeze(1)
+    return out_TD, counts_E
+
+
 class MoE(nn.Module):
     """Sparse MoE feed-forward with a pluggable router; returns the output, the routing and the router loss."""
 

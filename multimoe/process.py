@@ -1,4 +1,5 @@
-"""Process-level policies on Linux (glibc), each a no-op elsewhere: keep freed memory for reuse, die with the parent.
+"""Process-level policies on Linux (glibc), each a no-op elsewhere: keep freed memory for reuse (training), release it
+(chunked prediction), die with the parent.
 
 Allocator: glibc's malloc serves large blocks with mmap and trims the heap top, so a training step that frees and
 re-allocates the same activations every step faults every page of them back in, every step. On the 2-core VM where
@@ -43,6 +44,17 @@ def retain_freed_memory(mmap_threshold: int = 256 << 20) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(_M_MMAP_THRESHOLD, min(mmap_threshold, _INT_MAX)) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free memory to the system now (glibc ``malloc_trim``; elsewhere a no-op). A loop over
+    chunks of different data (``multimoe predict``) otherwise keeps the fragmented heap of every earlier chunk: its
+    resident memory grows chunk after chunk. Returns whether memory was released."""
+    trim = _libc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim(0) == 1
 
 
 def die_with_parent() -> None:

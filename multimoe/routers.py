@@ -109,10 +109,23 @@ class SoftmaxTopK(Router):
     """Linear scores x W, top-k, softmax over the k chosen scores."""
 
 
+def euclidean(x_TD: Tensor, weight_GJD: Tensor) -> Tensor:
+    """G x T x J distances ||x_t - w_gj||_2 as one product of [-2x, |x|^2, 1] and [w, 1, |w|^2]: torch.cdist's
+    formula for more than 25 rows (it computes fewer rows directly). Used while exporting, where cdist's choice by
+    row count would fix the batch size of the graph."""
+    x_norm_T1 = x_TD.pow(2).sum(-1, keepdim=True)
+    w_norm_GJ1 = weight_GJD.pow(2).sum(-1, keepdim=True)
+    x_TI = torch.cat([x_TD.mul(-2), x_norm_T1, torch.ones_like(x_norm_T1)], -1)
+    w_GJI = torch.cat([weight_GJD, torch.ones_like(w_norm_GJ1), w_norm_GJ1], -1)
+    return torch.matmul(x_TI, w_GJI.mT).clamp_min(0).sqrt()
+
+
 class LaplaceTopK(Router):
     """FuseMoE's Laplace gate: score = -||x - w_e||_2 (distance to a learned expert embedding)."""
 
     def scores(self, x_TD: Tensor, weight_GJD: Tensor) -> Tensor:
+        if torch.compiler.is_exporting():
+            return -euclidean(x_TD, weight_GJD)
         return -torch.cdist(x_TD.unsqueeze(0).expand(weight_GJD.shape[0], -1, -1), weight_GJD)
 
 

@@ -70,9 +70,14 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     if t.resume:
         resume.check_same_config(folder, dataclasses.asdict(config))
     folder.write_config(config)
+    if splits.preprocessing is not None:  # what `multimoe predict` applies to new rows
+        folder.write_preprocess(splits.preprocessing)
     run = _Run(cfg, folder, splits, notes, device, start)
+    meta = {"config": dataclasses.asdict(config), "schema": splits.schema.to_dict(), "multimoe_version": __version__,
+            "select": t.select, "in_memory_table": in_memory}  # fmt: skip
     if registry.is_baseline(cfg.model.arch):
         model = registry.ARCHS.build(cfg.model.arch, cfg.model, cfg.seed).fit(splits.train)
+        save_checkpoint(folder.best, model, {**meta, "epoch": 1, "value": None})  # the fitted arrays, no pickle
         return run.finish(model, Progress(epoch=1, best_epoch=1), model.costs())
 
     torch.manual_seed(cfg.seed)
@@ -80,8 +85,6 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     if t.compile:
         compile_model(model)
     optimizer = make_optimizer(model, t)
-    meta = {"config": dataclasses.asdict(config), "schema": splits.schema.to_dict(), "multimoe_version": __version__,
-            "select": t.select, "in_memory_table": in_memory}  # fmt: skip
     progress = resume.restore(folder, model, optimizer, meta) if t.resume else Progress()
     if t.resume:
         _log(f"resuming {folder.path} after epoch {progress.epoch} of {t.epochs}")

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from multimoe.baselines import HGB, LogReg, design_matrix
@@ -6,6 +7,7 @@ from multimoe.config import DataConfig, ModelConfig
 from multimoe.data.prepare import prepare
 from multimoe.data.table import build_table
 from multimoe.evaluate import evaluate
+from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 
 
 def splits():
@@ -71,3 +73,23 @@ def test_late_fusion_averages_over_two_or_more_present_modalities():
         expected = probs_MBC[present[b], b].mean(dim=0)
         torch.testing.assert_close(model(batch).logits_BC[b].exp(), expected)
     assert not torch.allclose(probs_MBC[0, 0], probs_MBC[1, 0])  # the modalities disagree: the mean matters
+
+
+@pytest.mark.parametrize("cls", [LogReg, HGB])
+@pytest.mark.parametrize("missing", ["mcar:0.4", "natural"])
+def test_saved_arrays_predict_as_the_fitted_estimator(cls, missing, tmp_path):
+    """A baseline is saved as arrays (no pickle); rebuilt from the safetensors file it gives scikit-learn's
+    probabilities to 1e-12, binary (natural: 2 classes) and multiclass (4 classes)."""
+    classes = 2 if missing == "natural" else 4
+    cfg = DataConfig(name="synthetic", missing=missing)
+    cfg.synthetic.classes, cfg.synthetic.samples = classes, 400
+    s = prepare(build_table(cfg), cfg, 0)
+    model = cls(ModelConfig(arch=cls.__name__.lower(), hgb_max_iter=20), seed=0).fit(s.train)
+    expected = model.predict(s.test).probs_NC
+    save_checkpoint(tmp_path / "best.safetensors", model, {})
+    loaded = cls(ModelConfig(arch=cls.__name__.lower()), seed=0)
+    loaded.load_state_dict(load_checkpoint(tmp_path / "best.safetensors")[0])
+    assert not hasattr(loaded.estimator, "fit")  # predicts from the arrays, not from a scikit-learn object
+    got = loaded.predict(s.test).probs_NC
+    assert got.shape == (len(s.test), classes)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)

@@ -1,4 +1,4 @@
-"""The two benchmark scripts run end to end on tiny inputs and end with the JSON line the engine issue specifies.
+"""The benchmark scripts run end to end on tiny inputs and end with the JSON line the engine issue specifies.
 Structure only: timings are never asserted (they belong to the benchmark runs, on a quiet machine)."""
 
 import json
@@ -67,8 +67,21 @@ def test_train_throughput_benchmark_ends_with_the_ratio():
         ("moe_layer.py", ["--shape", "4,8,16,32,40"], "1 <= k <= E"),
         ("moe_layer.py", ["--shape", "4,2,16,32"], "E,k,D,H,T"),
         ("train_throughput.py", ["--epochs", "2"], "at least 5 epochs"),
+        ("predict.py", ["--reps", "3"], "at least 5 repetitions"),
     ],
 )
 def test_benchmarks_reject_bad_arguments(script, args, message):
     proc = run(script, *args)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+@pytest.mark.slow
+def test_predict_benchmark_ends_with_the_ratio_and_the_memory(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the benchmark exports to ONNX: pip install 'multimoe[onnx]'")
+    args = ["--dataset", "synthetic", "--epochs", "1", "--rows", "3000", "--compare-rows", "600", "--reps", "5"]
+    result = last_json(run("predict.py", *args, "--workdir", str(tmp_path), "model.dim=16", "model.tokens=2"))
+    assert result["predict_rows"] == 3000 and result["max_abs_diff"] < 1e-4
+    assert result["onnxruntime_over_torch"] > 0 and result["predict_peak_rss_mb"] > 0
+    assert result["predict_over_model_only"] == pytest.approx(
+        result["predict_rows_per_second"] / result["torch_rows_per_second"]
+    )

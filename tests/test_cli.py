@@ -71,6 +71,8 @@ def _modules_after(code: str) -> list[str]:
 def test_help_and_list_load_no_torch():
     parse = "from multimoe.cli import build_parser\nbuild_parser().parse_known_args(['train', 'configs/flexmoe.yaml'])"
     assert _modules_after(parse) == []
+    for args in (["predict", "RUN", "data.csv", "--out", "p.csv", "--explain"], ["export", "RUN", "--format", "onnx"]):
+        assert _modules_after(f"from multimoe.cli import build_parser\nbuild_parser().parse_args({args!r})") == []
     help_ = "import contextlib\nfrom multimoe.cli import main\nwith contextlib.suppress(SystemExit): main(['--help'])"
     assert _modules_after(help_) == []
     listing = "from multimoe.cli import main\nassert main(['list']) == 0"

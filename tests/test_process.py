@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from multimoe.process import retain_freed_memory
+from multimoe.process import release_freed_memory, retain_freed_memory
 
 LINUX_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -30,3 +30,9 @@ def test_die_with_parent_sets_the_parent_death_signal():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == signal.SIGKILL
+
+
+def test_release_freed_memory_returns_the_heap_to_the_system_on_glibc():
+    blocks = [bytearray(64 << 10) for _ in range(2000)]  # 128 MB of heap blocks (below the mmap threshold)
+    del blocks
+    assert release_freed_memory() == LINUX_GLIBC  # glibc's malloc_trim: 1 when it released memory

@@ -80,3 +80,13 @@ def test_noisy_load_is_differentiable_in_training():
 def test_unknown_router_lists_choices():
     with pytest.raises(ConfigError, match="softmax_topk, noisy_topk"):
         ROUTERS.build("hash", 8, 4, 2)
+
+
+@pytest.mark.parametrize("tokens", [10, 100])  # cdist computes up to 25 rows directly, more with a product
+def test_euclidean_distances_for_export_equal_cdist(tokens):
+    from multimoe.routers import euclidean
+
+    x, w = torch.randn(tokens, 16), torch.randn(3, 8, 16)
+    by_hand = ((x[None, :, None, :] - w[:, None, :, :]) ** 2).sum(-1).sqrt()
+    torch.testing.assert_close(euclidean(x, w), by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(euclidean(x, w), torch.cdist(x.expand(3, -1, -1), w), atol=1e-5, rtol=1e-5)

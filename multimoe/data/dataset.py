@@ -98,6 +98,7 @@ class Splits:
     natural_NM: np.ndarray  # the table's own presence for every row (before any protocol)
     split_rows: dict[str, np.ndarray]  # split -> row positions in the table
     info: dict  # counts and notes for the run summary
+    preprocessing: dict | None = None  # the fitted preprocessing as JSON (data/prepare.py), None when not known
 
     @property
     def schema(self) -> DataSchema:

@@ -9,21 +9,24 @@ Order of operations (every fitted statistic sees the training split only, under 
    one-hot encoded with the training categories (a category unseen in training encodes as all zeros and is
    counted); missing cells become 0 with a missing-cell mask;
 6. every row is transformed with the fitted preprocessor.
+
+The preprocessor (``data/preprocess.py``) is also returned as JSON (``Splits.preprocessing``, written by ``train`` as
+the run folder's ``preprocess.json``), from which ``multimoe predict`` encodes new rows as the training rows were.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import sklearn
 import torch
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import QuantileTransformer, StandardScaler
 
 from multimoe.config import DataConfig
 from multimoe.data.dataset import DataSchema, MultimodalData, Splits
+from multimoe.data.preprocess import PREPROCESS_FORMAT, Preprocessor, label_kind, label_text
 from multimoe.data.protocols import apply_protocol
 from multimoe.data.table import Table
 from multimoe.errors import DataError
@@ -46,9 +49,13 @@ def natural_presence(table: Table) -> np.ndarray:
 def split_rows(
     labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float, where: str = ""
 ) -> dict[str, np.ndarray]:
-    """Seeded stratified split of row positions into train / val / test."""
+    """Seeded stratified split of row positions into train / val / test. ``test_fraction=0`` (the scikit-learn
+    estimator, whose caller keeps its own test data) splits train / val only and names the validation rows as the
+    test rows too."""
     rows = np.arange(len(labels))
     shares = f"{1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%}"
+    if test_fraction == 0:
+        shares = f"{1 - val_fraction:.0%}/{val_fraction:.0%} train/validation"
     counts = pd.Series(labels).value_counts()
     if counts.iloc[-1] < 2:
         raise DataError(
@@ -56,9 +63,12 @@ def split_rows(
             "training and in evaluation; merge it into another class or drop its row"
         )
     try:
-        rest, test = train_test_split(rows, test_size=test_fraction, random_state=seed, stratify=labels)
+        rest, test = rows, None
+        if test_fraction > 0:
+            rest, test = train_test_split(rows, test_size=test_fraction, random_state=seed, stratify=labels)
         val_share = val_fraction / (1.0 - test_fraction)
         train, val = train_test_split(rest, test_size=val_share, random_state=seed + 1, stratify=labels[rest])
+        test = val if test is None else test
     except ValueError as e:
         raise DataError(
             f"cannot make a stratified {shares} split of {len(labels)} labelled rows in {len(counts)} classes{where} "
@@ -67,176 +77,6 @@ def split_rows(
             f"[scikit-learn: {e}]"
         ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
-
-
-def _numeric(series: pd.Series, column: str, table: Table) -> np.ndarray | None:
-    """Float values of a column (NaN for empty cells), None when the column is text (treated as categorical)."""
-    if pd.api.types.is_bool_dtype(series):
-        series = series.astype("float64")
-    if pd.api.types.is_numeric_dtype(series):
-        values = series.to_numpy(dtype="float64", na_value=np.nan)
-    else:
-        parsed = pd.to_numeric(series, errors="coerce")
-        bad = parsed.isna() & series.notna()
-        if bad.all() or not parsed.notna().any():
-            return None
-        if bad.any():
-            pos = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"column '{column}'{table.where} is numeric but {table.row_name(pos)} holds the text "
-                f"{series.iloc[pos]!r} "
-                f"({int(bad.sum())} such cells); fix those cells, or list '{column}' under categorical"
-            )
-        values = parsed.to_numpy(dtype="float64", na_value=np.nan)
-    inf = np.isinf(values)
-    if inf.any():
-        pos = int(np.flatnonzero(inf)[0])
-        raise DataError(
-            f"column '{column}'{table.where} holds an infinite value at {table.row_name(pos)} "
-            f"({int(inf.sum())} in all); replace infinities with a finite value or leave the cell empty"
-        )
-    return values
-
-
-@dataclass
-class ColumnCoder:
-    """How one source column becomes encoded features."""
-
-    column: str
-    kind: str  # numeric | categorical
-    categories: list[str] = field(default_factory=list)
-
-    @property
-    def names(self) -> list[str]:
-        return [self.column] if self.kind == "numeric" else [f"{self.column}={c}" for c in self.categories]
-
-
-class Preprocessor:
-    """Per-modality encoding fit on the training split: scaled numeric columns, one-hot categorical columns."""
-
-    def __init__(self, table: Table, scaler: str = "standard") -> None:
-        self.table = table
-        self.scaler_kind = scaler
-        self.coders: dict[str, list[ColumnCoder]] = {}
-        self.scalers: dict[str, object] = {}
-        self.numeric: dict[str, np.ndarray] = {}  # column -> float values for all rows (parsed once)
-        self.auto_categorical: list[str] = []
-        self.unknown_rows: dict[str, np.ndarray] = {}  # categorical column -> rows with a category unseen in fit
-
-    def _column_values(self, column: str) -> np.ndarray | None:
-        if column in self.table.categorical:
-            return None
-        if column not in self.numeric:
-            values = _numeric(self.table.frame[column], column, self.table)
-            if values is None:
-                self.auto_categorical.append(column)
-                return None
-            self.numeric[column] = values
-        return self.numeric[column]
-
-    def fit(self, rows: np.ndarray, present_NM: np.ndarray) -> Preprocessor:
-        """Fit on ``rows`` (training row positions), using a modality only where it is present."""
-        frame = self.table.frame
-        for m, (mod, columns) in enumerate(self.table.modalities.items()):
-            fit_rows = rows[present_NM[rows, m]]
-            if fit_rows.size == 0:
-                raise DataError(
-                    f"modality '{mod}'{self.table.where} is never present in the training split (present in "
-                    f"{int(present_NM[:, m].sum())} of {len(present_NM)} rows in all): nothing to learn it from; "
-                    "drop the modality or give more rows observed values"
-                )
-            coders, numeric_cols = [], []
-            for c in columns:
-                values = self._column_values(c)
-                if values is None:
-                    observed = frame[c].iloc[fit_rows].dropna().astype(str)
-                    coders.append(ColumnCoder(c, "categorical", sorted(observed.unique().tolist())))
-                else:
-                    coders.append(ColumnCoder(c, "numeric"))
-                    numeric_cols.append(values[fit_rows])
-            self.coders[mod] = coders
-            if numeric_cols:
-                fit_X = np.stack(numeric_cols, axis=1)
-                self.scalers[mod] = self._fit_scaler(fit_X)
-                self._check_scaled(mod, fit_X, fit_rows, [c.column for c in coders if c.kind == "numeric"])
-        return self
-
-    def _fit_scaler(self, X: np.ndarray):
-        X = X.copy()
-        empty = np.isnan(X).all(axis=0)
-        X[:, empty] = 0.0  # a column never observed in training encodes as 0 (its missing mask carries the rest)
-        if self.scaler_kind == "quantile":
-            n_obs = max(10, int((~np.isnan(X)).sum(axis=0).min()))
-            scaler = QuantileTransformer(
-                n_quantiles=min(1000, n_obs), output_distribution="normal", subsample=100_000, random_state=0
-            )
-        else:
-            scaler = StandardScaler()
-        with np.errstate(all="ignore"):  # overflowing statistics are reported by _check_scaled
-            return scaler.fit(X)
-
-    def _check_scaled(self, mod: str, X: np.ndarray, rows: np.ndarray, columns: list[str]) -> None:
-        """Values so large that their statistics overflow (e.g. 1e300) would reach the model as inf or NaN."""
-        with np.errstate(all="ignore"):
-            scaled = self.scalers[mod].transform(np.where(np.isnan(X), 0.0, X)).astype(np.float32)
-        bad = ~np.isfinite(scaled)
-        if bad.any():
-            r, j = (int(a[0]) for a in np.nonzero(bad))
-            raise DataError(
-                f"column '{columns[j]}'{self.table.where} holds values too large to scale (e.g. {X[r, j]:g} at "
-                f"{self.table.row_name(int(rows[r]))}); rescale the column (other units, a logarithm) or clip it"
-            )
-
-    def transform(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Encoded values (0 in missing cells) and missing-cell masks of ``rows``, per modality."""
-        frame = self.table.frame
-        values, missing = {}, {}
-        for mod, coders in self.coders.items():
-            blocks, masks, numeric_pos = [], [], []
-            for coder in coders:
-                if coder.kind == "numeric":
-                    numeric_pos.append(len(blocks))
-                    blocks.append(self.numeric[coder.column][rows][:, None])
-                    masks.append(np.isnan(blocks[-1]))
-                    continue
-                cells = frame[coder.column].iloc[rows]
-                absent = cells.isna().to_numpy()
-                text = cells.astype(str).to_numpy()
-                onehot = np.stack([(text == c) & ~absent for c in coder.categories], axis=1).astype("float64")
-                if not coder.categories:
-                    onehot = np.zeros((len(rows), 0))
-                self.unknown_rows[coder.column] = ~absent & (onehot.sum(axis=1) == 0)
-                blocks.append(onehot)
-                masks.append(np.repeat(absent[:, None], onehot.shape[1], axis=1))
-            if numeric_pos:
-                raw = np.concatenate([blocks[i] for i in numeric_pos], axis=1)
-                with np.errstate(all="ignore"):
-                    scaled = self.scalers[mod].transform(raw).astype(np.float32)
-                bad = ~np.isfinite(scaled) & ~np.isnan(raw)
-                if bad.any():
-                    r, j = (int(a[0]) for a in np.nonzero(bad))
-                    raise DataError(
-                        f"column '{coders[numeric_pos[j]].column}'{self.table.where}: the value {raw[r, j]:g} at "
-                        f"{self.table.row_name(int(rows[r]))} overflows float32 once scaled with the training "
-                        "statistics; fix the value or rescale the column"
-                    )
-                for j, i in enumerate(numeric_pos):
-                    blocks[i] = scaled[:, j : j + 1]
-            X = np.concatenate(blocks, axis=1)
-            miss = np.concatenate(masks, axis=1)
-            values[mod] = np.where(miss, 0.0, X).astype(np.float32)
-            missing[mod] = miss
-        return values, missing
-
-    def feature_names(self) -> dict[str, list[str]]:
-        return {mod: [n for c in coders for n in c.names] for mod, coders in self.coders.items()}
-
-
-def _label_text(labels: pd.Series) -> np.ndarray:
-    """Class names; whole numbers read as floats (an integer column with empty cells) keep their integer names."""
-    if pd.api.types.is_float_dtype(labels) and np.isfinite(labels).all() and (labels == labels.round()).all():
-        labels = labels.astype("int64")
-    return labels.astype(str).to_numpy()
 
 
 def _labelled(table: Table) -> tuple[Table, int]:
@@ -250,35 +90,39 @@ def _labelled(table: Table) -> tuple[Table, int]:
     return table, dropped
 
 
-def _classes(table: Table, label_text: np.ndarray, rows: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+def _classes(table: Table, labels_text: np.ndarray, rows: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
     """The classes seen in training (natural order) and every row's class index; errors for a single class or a
     class that appears only outside training."""
-    classes = sorted(np.unique(label_text[rows["train"]]).tolist(), key=_natural_key)
+    classes = sorted(np.unique(labels_text[rows["train"]]).tolist(), key=_natural_key)
     if len(classes) < 2:
         raise DataError(
             f"the label '{table.label}'{table.where} has a single class ({classes[0]!r}) in training; "
             "a classifier needs at least two"
         )
     for name in ("val", "test"):
-        unseen = sorted(set(label_text[rows[name]]) - set(classes))
+        unseen = sorted(set(labels_text[rows[name]]) - set(classes))
         if unseen:
             raise DataError(
                 f"class {unseen[0]!r} of the label '{table.label}'{table.where} appears in the {name} split but never "
                 "in training; merge it into another class or drop its rows"
             )
     index = {c: i for i, c in enumerate(classes)}
-    return classes, np.array([index.get(t, -1) for t in label_text], dtype=np.int64)
+    return classes, np.array([index.get(t, -1) for t in labels_text], dtype=np.int64)
 
 
-def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None = None) -> Splits:
+def prepare(
+    table: Table, cfg: DataConfig, seed: int, eval_missing: str | None = None, test_split: bool = True
+) -> Splits:
     """Split, mask and preprocess ``table``. ``eval_missing`` applies another protocol to validation and test
-    while the preprocessing stays fit under the training protocol ``cfg.missing``."""
+    while the preprocessing stays fit under the training protocol ``cfg.missing``. ``test_split=False`` keeps no
+    test rows (the scikit-learn estimator: its caller holds the test data); the test split is then the validation
+    split. ``Splits.preprocessing`` is the fitted preprocessing as JSON (the run folder's preprocess.json)."""
     table, dropped = _labelled(table)
-    label_text = _label_text(table.frame[table.label])
+    labels_text = label_text(table.frame[table.label])
     natural_NM = natural_presence(table)
     where = f"{table.where} (label '{table.label}'{f'; {dropped} rows without a label dropped' if dropped else ''})"
-    rows = split_rows(label_text, seed, cfg.val_fraction, cfg.test_fraction, where)
-    classes, labels_N = _classes(table, label_text, rows)
+    rows = split_rows(labels_text, seed, cfg.val_fraction, cfg.test_fraction if test_split else 0.0, where)
+    classes, labels_N = _classes(table, labels_text, rows)
 
     fit_NM = apply_protocol(natural_NM, cfg.missing, seed)
     eval_NM = fit_NM if eval_missing is None else apply_protocol(natural_NM, eval_missing, seed)
@@ -307,7 +151,17 @@ def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None =
         "unknown_categories": _count_unknown(pre, table, rows, eval_NM),
         "feature_names": names,
     }
-    return Splits(make("train", fit_NM), make("val", eval_NM), make("test", eval_NM), natural_NM, rows, info)
+    preprocessing = {
+        "format": PREPROCESS_FORMAT,
+        "label": table.label,
+        "label_kind": label_kind(table.frame[table.label]),
+        "classes": classes,
+        **pre.to_dict(),
+        "scikit_learn": sklearn.__version__,
+    }
+    splits = Splits(make("train", fit_NM), make("val", eval_NM), make("test", eval_NM), natural_NM, rows, info)
+    splits.preprocessing = preprocessing
+    return splits
 
 
 def _count_unknown(pre: Preprocessor, table: Table, rows: dict, present_NM: np.ndarray) -> dict[str, dict[str, int]]:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from multimoe.batch import combination_name, num_combinations
+from multimoe.config import ConfigError
 from multimoe.data.table import Table
 from multimoe.evaluate import metrics_from_predictions, predict
 from multimoe.missing import BankFill
@@ -73,6 +74,11 @@ def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> d
 
 def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
     """The report's data frames for an opened run (see ``routing_report_frames``)."""
+    if not isinstance(run.model, torch.nn.Module):
+        raise ConfigError(
+            f"{run.run_dir} is a scikit-learn baseline run ({run.cfg.model.arch}): it has no routing to report; "
+            "`multimoe eval` gives its metrics"
+        )
     schema = run.splits.schema
     M, S = schema.num_modalities, num_combinations(schema.num_modalities)
     tally = RoutingTally(M)

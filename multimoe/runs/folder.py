@@ -1,12 +1,15 @@
 """A run folder and every file in it, named in one place.
 
-config.yaml        the resolved config (train.resume cleared: the folder describes the run)
-metrics.jsonl      one line per completed epoch (epochs count from 1)
-routing.jsonl      validation routing of every epoch (routing drift)
-best.safetensors   weights of the best validation epoch (checkpoint.py)
-state.safetensors  training state after the last completed epoch, while the run is unfinished (resume.py)
-summary.json       validation and test results, cost, notes: written last, so its presence means finished
-eval-<protocol>.json, report/   written later by `multimoe eval` and `multimoe report`
+    config.yaml        the resolved config (train.resume cleared: the folder describes the run)
+    metrics.jsonl      one line per completed epoch (epochs count from 1)
+    routing.jsonl      validation routing of every epoch (routing drift)
+    best.safetensors   weights of the best validation epoch (checkpoint.py); for a scikit-learn baseline, the fitted
+                       model's arrays (baselines.py)
+    preprocess.json    the preprocessing fit on the training split: columns, scaling, categories, classes (predict)
+    state.safetensors  training state after the last completed epoch, while the run is unfinished (resume.py)
+    summary.json       validation and test results, cost, notes: written last, so its presence means finished
+    eval-<protocol>.json, report/   written later by `multimoe eval` and `multimoe report`
+    model.onnx         written later by `multimoe export` (the default output)
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class RunFolder:
     BEST = "best.safetensors"
     STATE = "state.safetensors"
     SUMMARY = "summary.json"
+    PREPROCESS = "preprocess.json"
+    ONNX = "model.onnx"
 
     @classmethod
     def create(cls, cfg: Config, dataset: str) -> RunFolder:
@@ -112,6 +117,14 @@ class RunFolder:
     def summary(self) -> Path:
         return self.path / self.SUMMARY
 
+    @property
+    def preprocess(self) -> Path:
+        return self.path / self.PREPROCESS
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / self.ONNX
+
     def eval_file(self, missing: str) -> Path:
         return self.path / f"eval-{missing.replace(':', '')}.json"
 
@@ -127,6 +140,13 @@ class RunFolder:
         config["train"]["resume"] = None
         atomic_write_text(self.config, yaml.safe_dump(config, sort_keys=False))
         return config
+
+    def write_preprocess(self, preprocessing: dict) -> None:
+        atomic_write_text(self.preprocess, json.dumps(preprocessing, indent=1))
+
+    def read_preprocess(self) -> dict | None:
+        """The run's fitted preprocessing; None for runs written before it was kept (or trained on given splits)."""
+        return json.loads(self.preprocess.read_text()) if self.preprocess.is_file() else None
 
     def read_summary(self) -> dict | None:
         """The summary of a finished run (None while unfinished; a hand-damaged file counts as unfinished)."""

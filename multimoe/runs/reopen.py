@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from multimoe.baselines import SklearnBaseline
 from multimoe.config import Config, ConfigError, parse_missing, parse_overrides, to_dict
 from multimoe.data.dataset import DataSchema, Splits
 from multimoe.data.prepare import prepare
@@ -17,7 +18,7 @@ from multimoe.errors import CheckpointError
 from multimoe.evaluate import evaluate
 from multimoe.files import atomic_write_text
 from multimoe.model import build_model, compile_model
-from multimoe.registry import is_baseline
+from multimoe.registry import ARCHS, is_baseline
 from multimoe.runs.checkpoint import load_checkpoint, read_meta
 from multimoe.runs.folder import RESULT_NEUTRAL, RunFolder
 
@@ -25,16 +26,24 @@ from multimoe.runs.folder import RESULT_NEUTRAL, RunFolder
 EVAL_OVERRIDES = ("data.missing", *(k for k in RESULT_NEUTRAL if k.startswith("train.") and k != "train.resume"))
 
 
-def load_model(folder: RunFolder) -> tuple[Config, torch.nn.Module]:
-    """The run's resolved config and its best model (weights loaded without executing code)."""
+def load_model(folder: RunFolder) -> tuple[Config, torch.nn.Module | SklearnBaseline]:
+    """The run's resolved config and its best model (weights, or a baseline's fitted arrays, loaded without
+    executing code)."""
     cfg = folder.read_config()
-    if is_baseline(cfg.model.arch):
+    if is_baseline(cfg.model.arch) and not folder.best.is_file():
         raise ConfigError(
-            f"{folder.path} is a scikit-learn baseline run ({cfg.model.arch}): it keeps its results (summary.json) but "
-            "no model file, since pickles cannot be loaded safely; retrain it to evaluate under another protocol"
+            f"{folder.path} is a scikit-learn baseline run ({cfg.model.arch}) written before baselines kept their "
+            "fitted arrays: it has its results (summary.json) but no model file; retrain it to use the model"
         )
     meta = read_meta(folder.best)
-    model = build_model(cfg.model, DataSchema.from_dict(meta["schema"]))
+    schema = DataSchema.from_dict(meta["schema"])
+    if is_baseline(cfg.model.arch):
+        model = ARCHS.build(cfg.model.arch, cfg.model, cfg.seed)
+        state, _ = load_checkpoint(folder.best, expect_model_config=to_dict(cfg.model))
+        model.load_state_dict(state)
+        model.schema = schema
+        return cfg, model
+    model = build_model(cfg.model, schema)
     load_checkpoint(folder.best, model, expect_model_config=to_dict(cfg.model))
     return cfg, model
 
@@ -87,8 +96,9 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None, table: Tab
     splits = prepare(table, cfg.data, cfg.seed, eval_missing=eval_missing)
     if splits.schema != model.schema:
         raise CheckpointError(f"the data no longer match run {folder.path}: {splits.schema} vs {model.schema}")
-    model.to(device)
-    if t.get("compile", cfg.train.compile):
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    if isinstance(model, torch.nn.Module) and t.get("compile", cfg.train.compile):
         compile_model(model)
     batch_size = int(t.get("eval_batch_size", cfg.train.eval_batch_size))
     return OpenRun(folder, cfg, model, splits, eval_missing, batch_size, device)
