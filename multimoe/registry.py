@@ -104,6 +104,8 @@ DATASETS = Registry("data.name", "datasets", {
     "support2": Entry("multimoe.data.support2:DATASET", "SUPPORT2 hospital mortality, 5 medical modalities"),
     "landsat": Entry("multimoe.data.landsat:DATASET", "Statlog Landsat, 4 spectral bands"),
     "synthetic": Entry("multimoe.data.synthetic:DATASET", "generated; labels need several modalities (synthetic)"),
+    "hapt": Entry("multimoe.data.hapt:DATASET", "UCI HAPT smartphone signals: accelerometer, gyroscope (series)"),
+    "mfeat-image": Entry("multimoe.data.mfeat_image:DATASET", "UCI handwritten digits: pix as a 16x15 image + 5 views"),
 })  # fmt: skip
 
 REGISTRIES = {"encoders": ENCODERS, "fills": FILLS, "routers": ROUTERS, "archs": ARCHS, "datasets": DATASETS}

@@ -273,6 +273,12 @@ def _classes(table: Table, label_text: np.ndarray, rows: dict[str, np.ndarray]) 
 def prepare(table: Table, cfg: DataConfig, seed: int, eval_missing: str | None = None) -> Splits:
     """Split, mask and preprocess ``table``. ``eval_missing`` applies another protocol to validation and test
     while the preprocessing stays fit under the training protocol ``cfg.missing``."""
+    if table.sources:  # multimoe.data.kinds: sources are built and tested, training on them is not wired yet
+        kinds = ", ".join(f"{m} ({s.kind})" for m, s in table.sources.items())
+        raise DataError(
+            f"{table.name}: the modalities {kinds} are not tables of columns; training on series, image, text and "
+            "embedding modalities is not supported yet"
+        )
     table, dropped = _labelled(table)
     label_text = _label_text(table.frame[table.label])
     natural_NM = natural_presence(table)
