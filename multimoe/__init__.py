@@ -19,6 +19,8 @@ Shape legend, for the whole package: a tensor's name ends in the letters of its 
     S  modality combinations (non-empty subsets, 2^M - 1, published order)
     C  classes                                G  groups (of routers, or of tokens in a statistic)
     I, O  input and output width of a generic product
+    U  steps of a series (its time grid)      V  channels of a signal or an image
+    W  token ids of a text                    X, Y, Z  width, height and depth of an image
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         mods = ", ".join(f"{m} ({n})" for m, n in d["modalities"].items())
         source = f"package {d['package']} installed" if d["package"] else "generated"
         print(f"  rows {d['rows']}, classes {d['classes']}, label '{d['label']}', {source}")
-        print(f"  modalities (columns): {mods}")
+        print(f"  modalities: {mods}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:

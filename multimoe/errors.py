@@ -6,6 +6,8 @@ importing no torch, so that the command line can catch them before it loads anyt
 
 from __future__ import annotations
 
+import importlib
+
 from multimoe.config import ConfigError
 
 
@@ -23,6 +25,17 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient; the message names the epoch and step."""
+
+
+def optional_import(module: str, extra: str, what: str):
+    """An optional dependency, or a ConfigError saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"{what} needs the package {module}, which is not installed: pip install 'multimoe[{extra}]' "
+            "(weights are read from local files only; nothing is downloaded)"
+        ) from None
 
 
 USER_ERRORS = (ConfigError, DataError, DataPackageMissing, CheckpointError, NonFiniteError)

@@ -42,10 +42,12 @@ class Registry:
     def names(self) -> list[str]:
         return list(self.entries)
 
-    def check(self, name: str) -> Entry:
-        """The entry of ``name``, or a ConfigError listing the valid names."""
-        if name not in self.entries:
-            raise ConfigError(f"{self.key}={name!r} is not valid; choose one of: {', '.join(self.entries)}")
+    def check(self, name: str, kind: str | None = None) -> Entry:
+        """The entry of ``name``, or a ConfigError listing the valid names (those of ``kind`` when given)."""
+        valid = [n for n, e in self.entries.items() if kind is None or e.kind == kind]
+        if name not in valid:
+            other = f" ({name!r} is for {self.entries[name].kind} inputs)" if name in self.entries else ""
+            raise ConfigError(f"{self.key}={name!r} is not valid{other}; choose one of: {', '.join(valid)}")
         return self.entries[name]
 
     def get(self, name: str) -> Any:
@@ -64,9 +66,20 @@ class Registry:
         return iter(self.entries)
 
 
-ENCODERS = Registry("model.encoder.kind", "encoders", {
-    "patch_linear": Entry("multimoe.encoders:PatchLinear", "Flex-MoE's tabular encoder: P chunks, one linear map"),
-    "mlp": Entry("multimoe.encoders:MLPEncoder", "two-layer MLP from the whole feature vector to P tokens"),
+ENCODERS = Registry("model.encoder.kind", "encoders", {  # kind: the modality kind read (embeddings: table encoders)
+    "patch_linear": Entry("multimoe.encoders:PatchLinear", "Flex-MoE's tabular encoder: P chunks, one linear map",
+                          "table"),
+    "mlp": Entry("multimoe.encoders:MLPEncoder", "two-layer MLP from the whole feature vector to P tokens", "table"),
+    "mtand": Entry("multimoe.series_encoders:MTAND", "multi-time attention from P reference times (mTAND, FuseMoE)",
+                   "series"),
+    "series_conv": Entry("multimoe.series_encoders:SeriesConv", "1D CNN over values, masks and step times", "series"),
+    "cnn": Entry("multimoe.image_encoders:ImageCNN", "small CNN trained here, 2D or 3D, pooled to P cells", "image"),
+    "timm": Entry("multimoe.image_encoders:TimmBackbone", "a timm model with local weights (multimoe[vision])",
+                  "image"),
+    "hashed_bag": Entry("multimoe.text_encoders:HashedBag", "bag of hashed word n-grams (fastText), MLP to P tokens",
+                        "text"),
+    "hf": Entry("multimoe.text_encoders:HFText", "a local Hugging Face model (multimoe[text]; not in this build)",
+                "text"),
 })  # fmt: skip
 FILLS = Registry("model.fill", "missing-modality fills", {
     "bank": Entry("multimoe.missing:BankFill", "Flex-MoE's bank: one learned block per (combination, modality)"),
@@ -91,6 +104,8 @@ DATASETS = Registry("data.name", "datasets", {
     "support2": Entry("multimoe.data.support2:DATASET", "SUPPORT2 hospital mortality, 5 medical modalities"),
     "landsat": Entry("multimoe.data.landsat:DATASET", "Statlog Landsat, 4 spectral bands"),
     "synthetic": Entry("multimoe.data.synthetic:DATASET", "generated; labels need several modalities (synthetic)"),
+    "hapt": Entry("multimoe.data.hapt:DATASET", "UCI HAPT smartphone signals: accelerometer, gyroscope (series)"),
+    "mfeat-image": Entry("multimoe.data.mfeat_image:DATASET", "UCI handwritten digits: pix as a 16x15 image + 5 views"),
 })  # fmt: skip
 
 REGISTRIES = {"encoders": ENCODERS, "fills": FILLS, "routers": ROUTERS, "archs": ARCHS, "datasets": DATASETS}
@@ -106,7 +121,7 @@ def check(cfg: Config) -> Config:
     if cfg.data.spec is None:
         DATASETS.check(cfg.data.name)
     ARCHS.check(cfg.model.arch)
-    ENCODERS.check(cfg.model.encoder.kind)
+    ENCODERS.check(cfg.model.encoder.kind, "table")
     FILLS.check(cfg.model.fill)
     ROUTERS.check(cfg.model.moe.router.kind)
     return cfg

@@ -57,7 +57,7 @@ def test_console_script_datasets_lists_every_dataset():
     out = subprocess.run(
         [sys.executable, "-m", "multimoe", "datasets"], capture_output=True, text=True, check=True
     ).stdout
-    for name in ("mfeat", "support2", "landsat", "synthetic"):
+    for name in ("mfeat", "support2", "landsat", "synthetic", "hapt", "mfeat-image"):
         assert f"{name}:" in out
 
 

@@ -68,4 +68,4 @@ def test_landsat_bands_are_interleaved_columns():
 
 
 def test_registry_lists_every_builtin():
-    assert set(DATASETS) == {"mfeat", "support2", "landsat", "synthetic"}
+    assert set(DATASETS) == {"mfeat", "support2", "landsat", "synthetic", "hapt", "mfeat-image"}

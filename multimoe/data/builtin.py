@@ -64,7 +64,8 @@ def is_installed(package: str) -> bool:
 
 
 def describe_datasets() -> list[dict]:
-    """Each built-in dataset: modalities and their column counts, rows, classes, license, whether it is installed."""
+    """Each built-in dataset: modalities (column counts, or kind and shape), rows, classes, license, whether it is
+    installed."""
     out = []
     for name in DATASETS:
         info: BuiltinDataset = DATASETS.get(name)
@@ -77,7 +78,10 @@ def describe_datasets() -> list[dict]:
                 rows=len(table.frame),
                 classes=int(table.frame[table.label].nunique()),
                 label=table.label,
-                modalities={m: len(c) for m, c in table.modalities.items()},
+                modalities={
+                    **{m: f"{len(c)} columns" for m, c in table.modalities.items()},
+                    **{m: source.describe() for m, source in table.sources.items()},
+                },  # fmt: skip
             )
         out.append(row)
     return out

@@ -33,9 +33,13 @@ class Table:
     categorical: list[str] = field(default_factory=list)  # columns to one-hot encode (others must be numeric)
     source: str = ""  # where the data came from, for messages
     synthetic: bool = False  # generated data: always labelled as such in reports
+    # modality -> a source of kind series, image, text or embedding (multimoe.data.kinds), one row per frame row;
+    # these modalities come after the tabular ones
+    sources: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.modalities = {str(k): [str(c) for c in v] for k, v in self.modalities.items()}
+        self.sources = {str(k): v for k, v in self.sources.items()}
         self.categorical = [str(c) for c in self.categorical]
         self.validate()
 
@@ -56,8 +60,18 @@ class Table:
                 f"column name '{dup[0]}' appears {int((self.frame.columns == dup[0]).sum())} times{self.where}; "
                 "give every column a unique name"
             )
-        if not self.modalities:
+        if not self.modalities and not self.sources:
             raise DataError(f"no modalities given{self.where}: map at least one modality name to a list of columns")
+        for mod, source in self.sources.items():
+            if mod in self.modalities:
+                article = "an" if source.kind[0] in "aeiou" else "a"
+                raise DataError(
+                    f"modality '{mod}'{self.where} is given twice: as columns and as {article} {source.kind}"
+                )
+            if len(source) != len(self.frame):
+                raise DataError(
+                    f"modality '{mod}' ({source.kind}){self.where} has {len(source)} rows, the table {len(self.frame)}"
+                )
         if self.label not in cols:
             raise DataError(
                 f"label column '{self.label}' is not in the table{self.where}; columns are: {_preview(self.frame)}"

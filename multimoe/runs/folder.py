@@ -1,15 +1,15 @@
 """A run folder and every file in it, named in one place.
 
-    config.yaml        the resolved config (train.resume cleared: the folder describes the run)
-    metrics.jsonl      one line per completed epoch (epochs count from 1)
-    routing.jsonl      validation routing of every epoch (routing drift)
-    best.safetensors   weights of the best validation epoch (checkpoint.py); for a scikit-learn baseline, the fitted
-                       model's arrays (baselines.py)
-    preprocess.json    the preprocessing fit on the training split: columns, scaling, categories, classes (predict)
-    state.safetensors  training state after the last completed epoch, while the run is unfinished (resume.py)
-    summary.json       validation and test results, cost, notes: written last, so its presence means finished
-    eval-<protocol>.json, report/   written later by `multimoe eval` and `multimoe report`
-    model.onnx         written later by `multimoe export` (the default output)
+config.yaml        the resolved config (train.resume cleared: the folder describes the run)
+metrics.jsonl      one line per completed epoch (epochs count from 1)
+routing.jsonl      validation routing of every epoch (routing drift)
+best.safetensors   weights of the best validation epoch (checkpoint.py); for a scikit-learn baseline, the fitted
+                   model's arrays (baselines.py)
+preprocess.json    the preprocessing fit on the training split: columns, scaling, categories, classes (predict)
+state.safetensors  training state after the last completed epoch, while the run is unfinished (resume.py)
+summary.json       validation and test results, cost, notes: written last, so its presence means finished
+eval-<protocol>.json, report/   written later by `multimoe eval` and `multimoe report`
+model.onnx         written later by `multimoe export` (the default output)
 """
 
 from __future__ import annotations

@@ -1,0 +1,56 @@
+"""Modality kinds beyond table columns: series, image, text and embedding sources (one module each).
+
+A table's modality is either a list of its columns (tabular, prepared by ``multimoe.data.prepare``) or a mapping
+with a ``kind``, which ``build_source`` turns into a ``ModalitySource`` (``base``): it tells which rows have the
+modality, fits what it needs on training rows, and makes batch tensors for an encoder of its kind. Spec entries::
+
+    modalities:
+      labs: [alb, bili]                                              # tabular, as always
+      scan: {kind: image, column: scan_path, root: images/}          # image.py
+      notes: {kind: text, column: note}                              # text.py
+      emb: {kind: embedding, file: emb.npy}                          # embedding.py
+      vitals: {kind: series, table: vitals.csv, id: pid, time: t, channel: ch, value: v}   # series.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from multimoe.data.kinds.base import KindShape, ModalitySource
+from multimoe.data.kinds.embedding import EmbeddingSource
+from multimoe.data.kinds.image import ImageSource
+from multimoe.data.kinds.series import SeriesInput, SeriesSource
+from multimoe.data.kinds.text import TextSource
+from multimoe.errors import DataError
+
+KINDS: dict[str, type[ModalitySource]] = {
+    "series": SeriesSource,
+    "image": ImageSource,
+    "text": TextSource,
+    "embedding": EmbeddingSource,
+}
+ENCODER_KIND = {"table": "table", "embedding": "table", "series": "series", "image": "image", "text": "text"}
+"""The encoders a modality kind takes (registry ``ENCODERS`` entries carry this kind): embeddings use table encoders."""
+
+__all__ = ["KINDS", "ENCODER_KIND", "KindShape", "ModalitySource", "SeriesInput", "build_source"]
+__all__ += [cls.__name__ for cls in KINDS.values()]
+
+
+def build_source(name: str, entry: dict, frame: pd.DataFrame, base_dir: Path | None = None,
+                 where: str = "") -> ModalitySource:  # fmt: skip
+    """The source of modality ``name`` from its spec entry (a mapping with ``kind``); paths in the entry are
+    relative to ``base_dir`` (the spec file's folder)."""
+    if not isinstance(entry, dict):
+        raise DataError(
+            f"modality '{name}'{where}: expected a list of columns or a mapping with 'kind' "
+            f"({', '.join(KINDS)}), got {entry!r}"
+        )
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        raise DataError(
+            f"modality '{name}'{where}: 'kind' must be one of {', '.join(KINDS)} (or give a list of columns for a "
+            f"tabular modality); got {kind!r}"
+        )
+    return KINDS[kind].from_spec(str(name), dict(entry), frame, base_dir, where)
