@@ -12,7 +12,10 @@ their diff: each is a missing test or a new equivalent to list.
 
 from __future__ import annotations
 
+import ast
 import collections
+import difflib
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +34,29 @@ def results() -> dict[str, str]:
     return found
 
 
+@functools.cache
+def _mutant_sources(module: str) -> dict[str, list[str]]:
+    """Function name -> its source lines, for every function of mutmut's generated copy of ``module``."""
+    path = Path("mutants") / (module.replace(".", "/") + ".py")
+    source = path.read_text()
+    lines = source.splitlines()
+    return {
+        n.name: lines[n.lineno - 1 : n.end_lineno]
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef)
+    }
+
+
 def mutated_line(name: str) -> str:
-    diff = subprocess.run([MUTMUT, "show", name], capture_output=True, text=True).stdout
-    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    """The lines a mutant adds to its function (what `mutmut show` marks with +), read from mutants/ directly."""
+    module, _, rest = name.partition(".")
+    while "x_" not in rest.split(".")[0] and "." in rest:  # find where the module path ends
+        part, _, rest = rest.partition(".")
+        module = f"{module}.{part}"
+    sources = _mutant_sources(module)
+    original = sources[rest.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"]
+    mutant = sources[rest]
+    added = [line[1:].strip() for line in difflib.ndiff(original[1:], mutant[1:]) if line.startswith("+ ")]
     return " / ".join(added)
 
 

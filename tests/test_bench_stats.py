@@ -14,3 +14,26 @@ def test_statistics():
     noisy = paired({0: 0.9, 1: 0.7, 2: 0.95}, {0: 0.8, 1: 0.85, 2: 0.86})
     assert noisy["verdict"] == "within noise"
     assert paired({0: 0.5}, {0: 0.4})["verdict"] == "n/a"
+
+
+def test_mean_ci_edge_cases():
+    assert mean_ci([]) == {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
+    assert mean_ci([0.5, None, float("nan")]) == {"n": 1, "mean": 0.5, "std": None, "ci_low": None, "ci_high": None}
+    s = mean_ci([1.0, 3.0])  # mean 2, std sqrt(2), t(0.975, 1) = 12.7062
+    assert s["n"] == 2 and s["std"] == pytest.approx(2**0.5)
+    assert s["ci_low"] == pytest.approx(2 - 12.7062 * 1.0, rel=1e-5) and s["ci_high"] == pytest.approx(2 + 12.7062)
+
+
+def test_paired_without_spread_and_with_too_few_pairs():
+    same = paired({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})
+    assert same["verdict"] == "within noise" and same["p"] == 1.0 and same["diff"] == 0.0
+    up = paired({0: 0.6, 1: 0.7}, {0: 0.5, 1: 0.6})  # every difference 0.1: no spread
+    assert up["verdict"] == "better" and up["p"] == 0.0 and up["diff"] == pytest.approx(0.1)
+    down = paired({0: 0.4, 1: 0.5, 2: 9.0}, {0: 0.5, 1: 0.6})  # seed 2 has no reference: not paired
+    assert down["verdict"] == "worse" and down["pairs"] == 2
+    few = paired({0: 0.5, 3: 0.9}, {0: 0.4, 1: 0.4})
+    assert few == {"pairs": 1, "diff": pytest.approx(0.1), "diff_low": None, "diff_high": None, "p": None,
+                   "verdict": "n/a"}  # fmt: skip
+    assert paired({}, {})["diff"] is None
+    worse = paired({0: 0.1, 1: 0.2, 2: 0.25}, {0: 0.5, 1: 0.5, 2: 0.5})  # differences -0.4, -0.3, -0.25
+    assert worse["verdict"] == "worse" and worse["diff_high"] < 0 and 0 < worse["p"] < 0.05

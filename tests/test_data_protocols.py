@@ -30,3 +30,19 @@ def test_masks_depend_only_on_the_seed():
     assert np.array_equal(a, b)
     assert not np.array_equal(a, apply_protocol(natural, "mcar:0.4", 8))
     assert np.array_equal(apply_protocol(natural, "natural", 7), natural)
+
+
+def test_natural_and_rate_zero_return_a_copy_of_the_natural_mask():
+    natural = np.array([[True, False], [True, True]])
+    for spec in ("natural", "mcar:0.0"):
+        p = apply_protocol(natural, spec, seed=0)
+        assert (p == natural).all() and p is not natural and p.dtype == bool
+    assert apply_protocol(natural.astype(int), "mcar:0.5", seed=0).dtype == bool
+
+
+def test_mcar_mask_is_pinned_for_a_seed():
+    """The masks behind every stored benchmark cell: the seed's draw must not change (a change would silently make
+    new cells incomparable with stored ones)."""
+    p = apply_protocol(np.ones((12, 4), dtype=bool), "mcar:0.5", seed=0).astype(int).tolist()
+    assert p == [[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0],
+                 [0, 0, 1, 0], [1, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 1]]  # fmt: skip

@@ -13,7 +13,9 @@ from multimoe.evaluate import (
     classification_metrics,
     evaluate,
     evaluate_combinations,
+    format_results,
     metrics_from_predictions,
+    routing_stats,
 )
 from multimoe.model import ModelOutput
 
@@ -137,3 +139,29 @@ def test_a_combination_no_row_can_show_is_reported_empty():
                                                                                  ("b", 2, 1, 0)]  # fmt: skip
     assert rows[0]["accuracy"] is None and rows[2]["auc"] is None
     assert rows[1]["accuracy"] == pytest.approx(1 / 3)  # a alone -> class 0; labels 1, 0, 1
+
+
+def test_format_results_prints_overall_and_per_size():
+    result = {
+        "overall": {"n": 6, "accuracy": 4 / 6, "f1": 0.5, "auc": None},
+        "per_size": [{"size": 2, "n": 2, "accuracy": 0.5, "f1": 0.25, "auc": 0.75}],
+    }
+    assert format_results(result, "test (mcar:0.3)").splitlines() == [
+        "test (mcar:0.3): accuracy 0.6667  macro-F1 0.5000  AUC   -    (n=6)",
+        " observed modalities      n  accuracy      F1     AUC",
+        "                   2      2    0.5000  0.2500  0.7500",
+    ]
+
+
+def test_routing_stats_sum_gate_weights_by_combination_and_modality():
+    from multimoe.moe import MoEOutput, TokenInfo
+    from multimoe.routers import Routing
+
+    # three tokens: (modality 0, combination 1), (modality 1, combination 0), (modality 0, combination 0)
+    routing = Routing(torch.tensor([[0.75, 0.25], [1.0, 0.0], [0.5, 0.5]]), torch.tensor([[2, 0], [1, 2], [0, 1]]),
+                      torch.zeros(3, 3), torch.zeros(3, 3))  # fmt: skip
+    out = MoEOutput(torch.zeros(3, 4), routing, torch.tensor([2, 2, 2]), torch.zeros(()))
+    stats = routing_stats(out, TokenInfo(torch.tensor([0, 1, 0]), torch.tensor([1, 0, 0]), 2))
+    assert stats["tokens_per_expert"].tolist() == [2.0, 2.0, 2.0]
+    assert stats["combination_weight"].tolist() == [[0.5, 1.5, 0.0], [0.25, 0.0, 0.75], [0.0, 0.0, 0.0]]
+    assert stats["modality_weight"].tolist() == [[0.75, 0.5, 0.75], [0.0, 1.0, 0.0]]

@@ -167,3 +167,13 @@ def test_combination_loss_equals_the_published_per_call_form(exclude):
     grads_old = torch.autograd.grad(old, (logits, load))
     for a, b in zip(grads_new, grads_old):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_cv_squared_by_hand_per_row_and_with_a_keep_mask():
+    v = torch.tensor([[1.0, 2.0, 3.0], [2.0, 2.0, 8.0]])
+    # row 0: mean 2, unbiased variance 1 -> 0.25; row 1: mean 4, variance 12 -> 0.75
+    torch.testing.assert_close(cv_squared(v), torch.tensor([0.25, 0.75]))
+    keep = torch.tensor([[True, True, False], [True, False, False]])
+    # row 0 over (1, 2): mean 1.5, variance 0.5 -> 0.5 / 2.25; row 1 keeps one entry -> 0
+    torch.testing.assert_close(cv_squared(v, keep), torch.tensor([0.5 / 2.25, 0.0]))
+    assert cv_squared(torch.ones(2, 3, 1)).shape == (2, 3)  # over the last dimension only

@@ -102,3 +102,52 @@ def test_drift_per_epoch_by_hand():
     assert drift[2, "usage_entropy", "combinations (mean)"] == pytest.approx(0.0)
     assert drift[1, "usage_entropy", "a"] == pytest.approx(0.0) and drift[1, "usage_entropy", "b"] == pytest.approx(LN2)
     assert drift[2, "usage_entropy", "a"] == pytest.approx(LN2)
+
+
+def test_frame_columns_and_types():
+    f = tallied()
+    rc = f["routing_combination"]
+    own = ["own_expert", "own_top1", "own_topk", "own_weight"]
+    entropies = ["router_entropy", "usage_entropy", "effective_experts"]
+    assert list(rc.columns) == ["layer", "combination", "index", "size", "tokens", *own, *entropies]
+    assert rc["tokens"].dtype == np.int64 and rc["tokens"].tolist() == [2, 2] and rc["size"].tolist() == [2, 1]
+    assert rc.loc[rc.combination == "a", "own_weight"].item() == 0.5
+    assert list(f["routing_modality"].columns) == ["layer", "modality", "observed", "tokens", "router_entropy",
+                                                   "usage_entropy", "effective_experts"]  # fmt: skip
+    assert f["routing_modality"]["observed"].tolist() == [True, True, False]  # observed modalities first
+    assert list(f["activation_combination"].columns) == ["layer", "combination", "index", "size", "expert",
+                                                         "slot_share", "weight_share", "top1_share"]  # fmt: skip
+    assert f["activation_combination"].index.tolist() == list(range(6))
+    load = f["load"]
+    assert load["slots"].dtype == np.int64 and load["slot_share"].tolist() == [0.5, 0.25, 0.25]
+    assert load["importance"].tolist() == [2.0, 1.0, 1.0]  # top-1: every gate weight is 1
+    assert f["load_balance"]["importance_cv"].item() == pytest.approx(math.sqrt(2) / 4)
+
+
+def test_a_second_layer_without_targets_and_an_unused_expert():
+    routing = Routing(torch.ones(4, 1), IDS_TK, LOGITS_TE, torch.zeros(4, 3))
+    other = Routing(torch.ones(4, 1), torch.tensor([[1], [1], [1], [1]]), LOGITS_TE, torch.zeros(4, 3))
+    moes = [MoEOutput(torch.zeros(4, 2), r, torch.zeros(3), torch.zeros(())) for r in (routing, other)]
+    tally = RoutingTally(2)
+    tally.update(ModelOutput(torch.zeros(2, 2), torch.zeros(()), moes, TokenInfo(MODALITY_T, COMBO_T, 2)))
+    f = routing_frames(tally, ("a", "b"), [TARGETS_S])  # targets for layer 0 only
+    assert f["load_balance"]["layer"].tolist() == [0, 1]
+    second = f["load_balance"].iloc[1]
+    assert second["unused_experts"] == 2 and second["max_over_mean"] == pytest.approx(3.0)  # 4 slots on 1 of 3
+    rc = f["routing_combination"]
+    assert rc[rc.layer == 1]["own_expert"].isna().all() and rc[rc.layer == 0]["own_expert"].notna().all()
+    assert f["load"][f["load"].layer == 1]["target_of"].tolist() == ["", "", ""]
+    assert math.isnan(coefficient_of_variation(np.zeros(3)))  # no tokens: undefined, not 0
+
+
+def test_drift_skips_epochs_without_layers_and_partial_tokens():
+    layer = {
+        "tokens_per_expert": [1, 1, 0],
+        "combination_weight": [[2, 0, 0], [0, 0, 0], [0, 0, 0]],
+        "modality_weight": [[1, 0, 0], [1, 0, 0]],
+    }
+    records = [{"epoch": 1}, {"epoch": 2, "layers": [layer]}]
+    drift = routing_drift(records, ("a", "b"), [TARGETS_S])
+    assert set(drift["epoch"]) == {2}
+    assert "own_weight" not in set(drift["stat"])  # no token of a partial combination: nothing to share
+    assert drift[(drift.stat == "usage_entropy") & (drift.group == "combinations (mean)")]["value"].item() == 0.0
