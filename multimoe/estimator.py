@@ -30,7 +30,16 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from multimoe.config import Config, ConfigError, all_keys, config_from_dict, to_dict
+from multimoe.data.dataset import DataSchema
+from multimoe.data.prepare import prepare
+from multimoe.data.table import Table
 from multimoe.errors import CheckpointError
+from multimoe.model import build_model
+from multimoe.predict import Predictor
+from multimoe.registry import ARCHS, is_baseline, load_config, presets, presets_dir
+from multimoe.runs.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from multimoe.runs.folder import RunFolder
+from multimoe.train import train
 
 LABEL = "y"  # the label column of the table built from (X, y): the class's index in ``classes_``
 FORBIDDEN = ("data.spec", "data.name", "data.label", "data.test_fraction", "train.resume")  # fit decides these
@@ -97,7 +106,6 @@ class MultiMoEClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def _config(self, out_dir: str) -> Config:
-        from multimoe.registry import load_config, presets, presets_dir
 
         path = Path(self.preset)
         if path.suffix not in (".yaml", ".yml"):
@@ -138,11 +146,6 @@ class MultiMoEClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> MultiMoEClassifier:
         """Train the preset on (X, y): a stratified validation share of the rows selects the checkpoint."""
-        from multimoe.data.prepare import prepare
-        from multimoe.data.table import Table
-        from multimoe.predict import Predictor
-        from multimoe.runs.folder import RunFolder
-        from multimoe.train import train
 
         frame = self._frame(X, fitting=True)
         y = column_or_1d(y, warn=True)
@@ -191,7 +194,6 @@ class MultiMoEClassifier(ClassifierMixin, BaseEstimator):
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted estimator to one safetensors file (loads without executing code; see ``load``)."""
-        from multimoe.runs.checkpoint import save_checkpoint
 
         check_is_fitted(self)
         p = self.predictor_
@@ -214,11 +216,6 @@ class MultiMoEClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path) -> MultiMoEClassifier:
         """A fitted estimator from ``save``'s file."""
-        from multimoe.data.dataset import DataSchema
-        from multimoe.model import build_model
-        from multimoe.predict import Predictor
-        from multimoe.registry import ARCHS, is_baseline
-        from multimoe.runs.checkpoint import load_checkpoint, read_meta
 
         meta = read_meta(path)
         if "estimator" not in meta:

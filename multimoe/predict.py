@@ -32,7 +32,7 @@ from multimoe.data.preprocess import PREPROCESS_FORMAT, Encoded, Preprocessor, l
 from multimoe.data.table import TABLE_SUFFIXES, _check_unique_header
 from multimoe.device import check_device
 from multimoe.errors import CheckpointError, DataError
-from multimoe.evaluate import Predictions, metrics_from_predictions, predict
+from multimoe.evaluate import Predictions, format_results, metrics_from_predictions, predict
 from multimoe.files import atomic_write
 from multimoe.moe import MoE
 from multimoe.process import release_freed_memory
@@ -434,8 +434,6 @@ def _write_table(out: Path, tmp: str, stream: Callable[[Callable[[pd.DataFrame],
 
 def format_summary(summary: dict) -> str:
     """Readable lines of ``predict_file``'s summary (rows, combinations, unseen categories, metrics)."""
-    from multimoe.evaluate import format_results
-
     lines = [f"{summary['rows']} rows predicted" + (f" -> {summary['predictions']}" if summary["predictions"] else "")]
     width = max((len(k) for k in summary["by_combination"]), default=0)
     lines += [f"  {name:<{width}}  {n:>8} rows" for name, n in summary["by_combination"].items()]
