@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from multimoe.config import ModelConfig
 from multimoe.data.dataset import DataSchema
-from multimoe.data.kinds import ENCODER_KIND, KindShape, SeriesInput
+from multimoe.data.kinds import ENCODER_KIND, KindShape, empty_inputs
 from multimoe.encoders import input_width
 from multimoe.missing import BankFill
 from multimoe.moe import MoE
@@ -35,13 +34,7 @@ def _encoder_flops(cfg: ModelConfig, features: int) -> int:
 
 def example_input(shape: KindShape, rows: int = 1):
     """Inputs of ``rows`` rows of a modality (zeros, every position observed): ``(x, missing)`` as batches hold them."""
-    if shape.kind == "series":
-        V, U = shape.shape
-        return SeriesInput(torch.zeros(rows, V, U), torch.zeros(rows, U)), torch.zeros(rows, V, U, dtype=torch.bool)
-    if shape.kind == "image":
-        return torch.zeros(rows, *shape.shape), torch.zeros(rows, *shape.shape[1:], dtype=torch.bool)
-    dtype = torch.long if shape.kind == "text" else torch.float32
-    return torch.zeros(rows, *shape.shape, dtype=dtype), torch.zeros(rows, *shape.shape, dtype=torch.bool)
+    return empty_inputs(shape, rows, missing=False)
 
 
 def _kind_encoder_flops(encoder: nn.Module, shape: KindShape) -> int:

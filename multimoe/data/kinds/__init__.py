@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from multimoe.data.kinds.base import KindShape, ModalitySource
 from multimoe.data.kinds.embedding import EmbeddingSource
@@ -34,7 +36,8 @@ KINDS: dict[str, type[ModalitySource]] = {
 ENCODER_KIND = {"table": "table", "embedding": "table", "series": "series", "image": "image", "text": "text"}
 """The encoders a modality kind takes (registry ``ENCODERS`` entries carry this kind): embeddings use table encoders."""
 
-__all__ = ["KINDS", "ENCODER_KIND", "KindShape", "ModalitySource", "SeriesInput", "build_source", "rebuild_source"]
+__all__ = ["KINDS", "ENCODER_KIND", "AbsentSource", "KindShape", "ModalitySource", "SeriesInput", "build_source",
+           "empty_inputs", "rebuild_source"]  # fmt: skip
 __all__ += [cls.__name__ for cls in KINDS.values()]
 
 
@@ -77,3 +80,34 @@ def rebuild_source(name: str, state: dict, entry: dict, frame: pd.DataFrame, bas
             f"{list(expected.shape)} in training (e.g. another number of steps or features)"
         )
     return source
+
+
+def empty_inputs(shape: KindShape, rows: int, missing: bool = True) -> tuple:
+    """``(x, missing)`` of ``rows`` rows of a modality as batches hold them: zeros (text: padding ids), every
+    position unobserved (``missing``) or observed."""
+    if shape.kind == "series":
+        V, U = shape.shape
+        x = SeriesInput(torch.zeros(rows, V, U), torch.zeros(rows, U))
+        return x, torch.full((rows, V, U), missing)
+    if shape.kind == "image":
+        return torch.zeros(rows, *shape.shape), torch.full((rows, *shape.shape[1:]), missing)
+    dtype = torch.long if shape.kind == "text" else torch.float32
+    return torch.zeros(rows, *shape.shape, dtype=dtype), torch.full((rows, *shape.shape), missing)
+
+
+class AbsentSource(ModalitySource):
+    """A modality of another kind that new rows do not give (``multimoe predict`` from a table file without its
+    column, or a spec without its entry): absent in every row, its batches as an absent row's (zeros, all missing)."""
+
+    def __init__(self, name: str, state: dict, rows: int, where: str = "") -> None:
+        super().__init__(name, rows, None, where)
+        self.kind = str(state["kind"])
+        self.entry = state.get("entry")
+        self.shape = KindShape.from_dict(state["shape"])
+        self.present_N = np.zeros(rows, dtype=bool)
+
+    def input_shape(self) -> KindShape:
+        return self.shape
+
+    def batch(self, rows: np.ndarray, keep: np.ndarray | None = None) -> tuple:
+        return empty_inputs(self.shape, len(np.asarray(rows).reshape(-1)))
