@@ -323,3 +323,30 @@ def test_onnx_export_refuses_a_model_with_other_kinds_and_names_them(kinds_run):
     code, _, err = cli("export", kinds_run)
     assert code == 2 and "ONNX export takes models of table modalities only" in err
     assert "scan (image), notes (text), emb (embedding), vitals (series)" in err and "multimoe predict" in err
+
+
+def test_table_from_frame_takes_spec_mappings_and_sources_built_on_arrays(tmp_path):
+    from multimoe.data.kinds import EmbeddingSource, ImageSource, SeriesSource
+    from multimoe.data.table import Table
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % 3
+    frame = pd.DataFrame({"note": [f"word{k} seen" if k % 7 else "" for k in y], "y": y}, index=np.arange(n) + 100)
+    signal = (y[:, None, None] + rng.normal(size=(n, 2, 16))).astype(np.float32)
+    signal[::5] = np.nan  # rows without the series
+    pixels = (y[:, None, None] + rng.normal(size=(n, 6, 5))).astype(np.float32)
+    acc = SeriesSource.from_array("whatever", signal, rate=8)
+    modalities = {"notes": {"kind": "text", "column": "note"}, "acc": acc, "pix": ImageSource("p", array=pixels),
+                  "emb": EmbeddingSource("e", rng.normal(size=(n, 3)))}  # fmt: skip
+    table = Table.from_frame(frame, "y", modalities)
+    assert table.order == ["notes", "acc", "pix", "emb"] and table.sources["acc"].name == "acc"
+    assert table.sources["acc"].row_name(1) == "row 101" and acc.name == "whatever"  # the caller's stays as it was
+    cfg = load_config("configs/dense.yaml", [f"out_dir={tmp_path}", *KINDS_TINY])
+    result = train(cfg, table=table)
+    assert result.test["overall"]["n"] == 9 and isinstance(result.model.encoders["acc"], MTAND)
+    assert (~result.splits.train.present_NM[:, 1]).sum() >= (result.splits.train.rows_N % 5 == 0).sum()
+    with pytest.raises(DataError, match=r"modality 'emb' \(embedding\) has 59 rows but the table has 60"):
+        Table.from_frame(frame, "y", {**modalities, "emb": EmbeddingSource("e", np.zeros((59, 3)))})
+    with pytest.raises(DataError, match="modality 'pix': expected a list of columns, a mapping with 'kind'"):
+        Table.from_frame(frame, "y", {**modalities, "pix": pixels})

@@ -151,7 +151,9 @@ class Table:
     ) -> Table:
         """A table from a pandas DataFrame (the Python route for users' own data). A modality is a list of columns,
         or a spec mapping with a ``kind`` (``{"kind": "image", "column": "path"}``: ``multimoe.data.kinds``) whose
-        relative paths are relative to ``base_dir`` (default: the working folder)."""
+        relative paths are relative to ``base_dir`` (default: the working folder), or a source built in Python on
+        arrays row-aligned with ``frame`` (``SeriesSource.from_array``, ``ImageSource(name, array=)``,
+        ``EmbeddingSource``)."""
         if not isinstance(frame, pd.DataFrame):
             raise DataError(f"expected a pandas DataFrame, got {type(frame).__name__}")
         frame = frame.copy()
@@ -170,9 +172,28 @@ def _split_modalities(modalities: dict, frame: pd.DataFrame, base_dir: Path | No
     for mod, entry in modalities.items():
         if isinstance(entry, (list, tuple)):
             columns[str(mod)] = list(entry)
-        else:
+        elif isinstance(entry, dict):
             sources[str(mod)] = build_source(str(mod), entry, frame, base_dir, where)
+        else:
+            sources[str(mod)] = _given_source(str(mod), entry, frame)
     return columns, sources
+
+
+def _given_source(name: str, source, frame: pd.DataFrame):
+    """A source built in Python (``Table.from_frame``: e.g. ``SeriesSource.from_array``, ``ImageSource(array=)``,
+    ``EmbeddingSource``), row-aligned with ``frame``: renamed to its modality, its rows labelled as the frame's."""
+    from multimoe.data.kinds import KINDS, ModalitySource
+
+    if not isinstance(source, ModalitySource):
+        raise DataError(
+            f"modality '{name}': expected a list of columns, a mapping with 'kind' ({', '.join(KINDS)}) or a "
+            f"modality source (multimoe.data.kinds), got {type(source).__name__}"
+        )
+    if len(source) != len(frame):
+        raise DataError(f"modality '{name}' ({source.kind}) has {len(source)} rows but the table has {len(frame)}")
+    source = source.subset(np.arange(len(frame)))  # a copy: the caller's object stays as it was
+    source.name, source.index = name, frame.index.to_numpy()
+    return source
 
 
 def _preview(frame: pd.DataFrame, n: int = 20) -> str:
