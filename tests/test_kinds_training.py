@@ -350,3 +350,18 @@ def test_table_from_frame_takes_spec_mappings_and_sources_built_on_arrays(tmp_pa
         Table.from_frame(frame, "y", {**modalities, "emb": EmbeddingSource("e", np.zeros((59, 3)))})
     with pytest.raises(DataError, match="modality 'pix': expected a list of columns, a mapping with 'kind'"):
         Table.from_frame(frame, "y", {**modalities, "pix": pixels})
+
+
+def test_the_kinds_sweep_runs_every_method_on_hapt_and_mfeat_image_with_baselines_on_features():
+    from multimoe.bench.sweep import load_sweep
+    from multimoe.registry import load_config as load
+
+    sweep = load_sweep("configs/sweeps/kinds.yaml")
+    assert [(p["data.name"], p["data.missing"]) for p in sweep.grid] == [
+        ("hapt", "mcar:0.3"), ("hapt", "mcar:0.6"), ("mfeat-image", "mcar:0.3")]  # fmt: skip
+    assert set(sweep.methods) == {"flexmoe", "smoe", "fusemoe", "dense", "late_fusion", "multimoe", "logreg", "hgb"}
+    assert sweep.seeds == [0, 1, 2, 3, 4] and len(sweep.cells()) == 8 * 3 * 5
+    for method in ("logreg", "hgb"):
+        preset, over = sweep.cell_overrides({"method": method, "point": sweep.grid[0], "seed": 0})
+        cfg = load(preset, [f"{k}={v}" for k, v in over.items()])
+        assert (cfg.model.baseline_series, cfg.model.baseline_image) == ("summary", "flatten")
