@@ -7,6 +7,12 @@
 
 Both are registered in ``multimoe.registry.ARCHS`` with kind ``baseline``.
 
+Modalities of other kinds (``multimoe.data.kinds``): an embedding's features are columns like a table's (standardised
+with training statistics); raw signals, images and text are refused unless the config says what to read instead:
+``model.baseline_series=summary`` gives per-channel statistics of each series (``SUMMARY``, on the channels'
+standardised values), ``flatten`` every channel's value at every step, and ``model.baseline_image=flatten`` every
+pixel; an unobserved step or pixel is a missing cell.
+
 A fitted baseline is saved without pickle, as arrays in the run's safetensors checkpoint (``state_dict``): logistic
 regression's coefficients and intercepts; gradient boosting's trees as flat node arrays (feature, threshold, side
 of missing values, children, leaf values) with the baseline score. ``load_state_dict`` rebuilds a predictor from
@@ -16,6 +22,8 @@ the same order (tests: equal to 1e-12).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy.special import expit
@@ -23,21 +31,89 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from multimoe.config import ModelConfig
+from multimoe.config import ConfigError, ModelConfig
 from multimoe.data.dataset import MultimodalData
 from multimoe.errors import CheckpointError
 from multimoe.evaluate import Predictions
 
+# per channel of a series, over its observed steps (NaN when it has none): mean, standard deviation, extremes,
+# quantiles, energy (mean square), mean absolute change between consecutive observations, share of steps observed
+SUMMARY = ("mean", "std", "min", "max", "q10", "q25", "q50", "q75", "q90", "energy", "abs_change", "observed")
+CHUNK_ROWS = 2048  # rows of a source read at a time for the design matrix
 
-def design_matrix(data: MultimodalData, nan_missing: bool) -> np.ndarray:
-    """N x ΣF features; absent modalities and missing cells are 0 (the training mean) or NaN."""
+
+def design_matrix(data: MultimodalData, nan_missing: bool, cfg: ModelConfig | None = None) -> np.ndarray:
+    """N x ΣF features; absent modalities and missing cells are 0 (the training mean) or NaN. Sources: embeddings
+    as columns; series and images as ``cfg.baseline_series`` / ``cfg.baseline_image`` say (else a ConfigError)."""
     blocks = []
     for m, name in enumerate(data.schema.modalities):
-        x = data.values[name].numpy().astype(np.float64, copy=True)
-        absent = data.cell_missing[name].numpy() | ~data.present_NM[:, m : m + 1].numpy()
-        x[absent] = np.nan if nan_missing else 0.0
+        if name in data.sources:
+            x, missing = source_features(data, name, cfg)
+        else:
+            x = data.values[name].numpy().astype(np.float64, copy=True)
+            missing = data.cell_missing[name].numpy()
+        x[missing | ~data.present_NM[:, m : m + 1].numpy()] = np.nan if nan_missing else 0.0
         blocks.append(x)
     return np.concatenate(blocks, axis=1)
+
+
+def source_features(data: MultimodalData, name: str, cfg: ModelConfig | None) -> tuple[np.ndarray, np.ndarray]:
+    """A source modality's features for every row of ``data`` (float64) and where they are missing, read in chunks
+    of ``CHUNK_ROWS`` rows; a ConfigError for a kind the config gives the baselines no features of."""
+    kind = data.sources[name].kind
+    how = {"embedding": "columns", "series": cfg and cfg.baseline_series, "image": cfg and cfg.baseline_image}
+    how = how.get(kind) or "none"
+    if how == "none":
+        key = {"series": "model.baseline_series=summary (per-channel statistics) or flatten", "image":
+               "model.baseline_image=flatten (every pixel)"}.get(kind)  # fmt: skip
+        raise ConfigError(
+            f"logreg and hgb do not take raw signals, images or text: modality '{name}' is {kind}; "
+            + (f"set {key} to give them features of it, or " if key else "")
+            + "use a neural preset (its encoders read them)"
+        )
+    xs, ms = [], []
+    source, rows, present = data.sources[name], data.rows_N, data.present_NM[:, data.schema.modalities.index(name)]
+    for start in range(0, len(rows), CHUNK_ROWS):
+        x, missing = source.batch(rows[start : start + CHUNK_ROWS], present[start : start + CHUNK_ROWS].numpy())
+        if how == "summary":
+            values = np.where(missing.numpy(), np.nan, x.values_BVU.numpy()).astype(np.float64)
+            xs.append(series_summary(values))
+            ms.append(np.isnan(xs[-1]))
+            continue
+        if kind == "image":  # an unobserved pixel is missing in every channel
+            missing = missing[:, None].expand_as(x)
+        elif kind == "series":
+            x = x.values_BVU
+        xs.append(x.numpy().reshape(len(x), -1).astype(np.float64))
+        ms.append(missing.numpy().reshape(len(x), -1))
+    return np.concatenate(xs), np.concatenate(ms)
+
+
+def series_summary(values_BVU: np.ndarray) -> np.ndarray:
+    """B x (V * len(SUMMARY)) statistics of each channel over its observed (non-NaN) steps, channel by channel in
+    ``SUMMARY``'s order; NaN for a channel with no observation (its ``observed`` share is 0)."""
+    B, V, U = values_BVU.shape
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: NaN statistics, as intended
+        quantiles = np.nanquantile(values_BVU, [0.1, 0.25, 0.5, 0.75, 0.9], axis=2)  # 5 x B x V
+        observed = ~np.isnan(values_BVU)
+        # consecutive observations of each channel, gaps skipped: each observed step against the last one before it
+        last = np.maximum.accumulate(np.where(observed, np.arange(U), -1), axis=2)
+        before = np.concatenate([np.full((B, V, 1), -1), last[:, :, :-1]], axis=2)
+        pair = observed & (before >= 0)
+        change = np.abs(values_BVU - np.take_along_axis(values_BVU, np.maximum(before, 0), axis=2))
+        changes = np.where(pair, change, 0.0).sum(axis=2) / np.where(pair.any(axis=2), pair.sum(axis=2), np.nan)
+        stats = [
+            np.nanmean(values_BVU, axis=2),
+            np.nanstd(values_BVU, axis=2),
+            np.nanmin(values_BVU, axis=2),
+            np.nanmax(values_BVU, axis=2),
+            *quantiles,
+            np.nanmean(values_BVU**2, axis=2),
+            changes,
+            observed.mean(axis=2),
+        ]
+    return np.stack(stats, axis=2).reshape(B, V * len(SUMMARY))
 
 
 class SklearnBaseline:
@@ -46,6 +122,7 @@ class SklearnBaseline:
     nan_missing = False  # NaN (not 0) in missing cells and absent modalities
 
     def __init__(self, cfg: ModelConfig, seed: int) -> None:
+        self.cfg = cfg
         self.estimator = self.make_estimator(cfg, seed)
         self.num_classes = 0
         self.schema = None  # the data's DataSchema, set by fit (or by whoever loads saved arrays)
@@ -56,12 +133,13 @@ class SklearnBaseline:
     def fit(self, train: MultimodalData) -> SklearnBaseline:
         self.num_classes = train.schema.num_classes
         self.schema = train.schema
-        self.estimator.fit(design_matrix(train, self.nan_missing), train.labels_N.numpy())
+        self.estimator.fit(design_matrix(train, self.nan_missing, self.cfg), train.labels_N.numpy())
         return self
 
     def predict(self, data: MultimodalData) -> Predictions:
         probs = np.zeros((len(data), self.num_classes))
-        probs[:, self.estimator.classes_] = self.estimator.predict_proba(design_matrix(data, self.nan_missing))
+        X = design_matrix(data, self.nan_missing, self.cfg)
+        probs[:, self.estimator.classes_] = self.estimator.predict_proba(X)
         labels = data.labels_N.numpy()
         loss = float(log_loss(labels, probs, labels=range(self.num_classes))) if len(data) else float("nan")
         return Predictions(probs, labels, data.combo_N.numpy(), loss, [])

@@ -4,6 +4,8 @@ Shape letters: the legend in ``multimoe/__init__.py`` (B batch, M modalities, F 
 
 A missing modality keeps a zero tensor of its normal shape and ``present_BM = False``, so batches have static
 shapes and mix any combinations. Missing cells inside an observed modality are 0 with ``cell_missing = True``.
+A modality's input is a tensor of any rank with the batch first (table B x F, image B x V x Y x X, text ids B x W)
+or a named tuple of them (a series: values and times); its mask is one tensor (``multimoe.data.kinds``).
 """
 
 from __future__ import annotations
@@ -93,8 +95,10 @@ def drop_modalities(present_BM: Tensor, rate: float, generator: torch.Generator 
 class Batch:
     """A batch of samples with static shapes.
 
-    inputs: modality -> B x F float tensor (zeros where the modality or a cell is missing)
-    cell_missing: modality -> B x F bool tensor (True where a cell of an observed modality is missing)
+    inputs: modality -> B x F float tensor (zeros where the modality or a cell is missing), or a tensor of another
+        rank or a named tuple of tensors for the other kinds (``multimoe.data.kinds``)
+    cell_missing: modality -> bool tensor, B x F for tables (True where a cell, step or pixel of an observed modality
+        is missing; False everywhere in an absent modality)
     present_BM: which modalities each sample has
     labels_B: class indices
     combo_B: combination index per sample (published order)
@@ -111,20 +115,29 @@ class Batch:
 
     def with_presence(self, present_BM: Tensor) -> Batch:
         """The same samples with fewer modalities present (absent inputs zeroed, combinations recomputed)."""
-        names = list(self.inputs)
-        return Batch(
-            inputs={m: self.inputs[m] * present_BM[:, i : i + 1] for i, m in enumerate(names)},
-            cell_missing={m: self.cell_missing[m] & present_BM[:, i : i + 1] for i, m in enumerate(names)},
-            present_BM=present_BM,
-            labels_B=self.labels_B,
-            combo_B=combination_index(present_BM),
-        )
+        inputs, missing = {}, {}
+        for i, m in enumerate(self.inputs):
+            inputs[m] = _map(self.inputs[m], lambda x, i=i: x * _rows(present_BM[:, i], x))
+            missing[m] = self.cell_missing[m] & _rows(present_BM[:, i], self.cell_missing[m])
+        return Batch(inputs, missing, present_BM, self.labels_B, combination_index(present_BM))
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
-            inputs={k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+            inputs={k: _map(v, lambda x: x.to(device, non_blocking=True)) for k, v in self.inputs.items()},
             cell_missing={k: v.to(device, non_blocking=True) for k, v in self.cell_missing.items()},
             present_BM=self.present_BM.to(device, non_blocking=True),
             labels_B=self.labels_B.to(device, non_blocking=True),
             combo_B=self.combo_B.to(device, non_blocking=True),
         )
+
+
+def _map(x, fn):
+    """``fn`` applied to a tensor, or to every tensor of a named tuple (a series input)."""
+    if isinstance(x, tuple):
+        return type(x)(*(fn(t) for t in x)) if hasattr(x, "_fields") else tuple(fn(t) for t in x)
+    return fn(x)
+
+
+def _rows(flag_B: Tensor, like: Tensor) -> Tensor:
+    """A per-row flag shaped to broadcast over ``like`` (B x 1 x ... x 1)."""
+    return flag_B.view(-1, *[1] * (like.dim() - 1))

@@ -146,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a folder written by `multimoe train`")
     p.add_argument("overrides", nargs="*", help="e.g. data.missing=mcar:0.5")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("predict", help="predict new rows (CSV, TSV or Parquet) with a run's best model")
+    p = sub.add_parser("predict", help="predict new rows (CSV, TSV, Parquet or a YAML spec) with a run's best model")
     p.add_argument("run_dir", help="a folder written by `multimoe train`")
-    p.add_argument("data", help="a CSV, TSV or Parquet file with the training table's columns (the label is optional)")
+    p.add_argument(
+        "data",
+        help="a CSV, TSV or Parquet file with the training table's columns (the label is optional), "
+        "or a YAML spec of the new rows (series, image, text, embedding modalities from their files)",
+    )
     p.add_argument("--out", help="output table: CSV, or Parquet by extension (default: print a summary only)")
     p.add_argument("--id", metavar="COLUMN", help="a column of DATA to pass through to the output")
     p.add_argument("--explain", action="store_true", help="add each row's top experts and gate weights per modality")

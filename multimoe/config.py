@@ -43,6 +43,9 @@ class DataConfig:
     missing: str = "natural"  # missingness protocol: natural | mcar:R (R in [0, 1)); see parse_missing
     label: str | None = None  # label column for datasets that offer several (support2: hospdead | death | dzclass)
     scaler: Literal["standard", "quantile"] = "standard"  # numeric scaling fit on the training split
+    # train/validation/test split: stratified (rows, by class) | group (whole groups of the table's group column,
+    # e.g. hapt's users: no person on both sides) | auto (group when the table names a group column, else stratified)
+    split: Literal["auto", "stratified", "group"] = "auto"
     val_fraction: float = 0.15  # stratified validation share
     test_fraction: float = 0.15  # stratified test share
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generator settings (data.name=synthetic)
@@ -50,9 +53,12 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = "patch_linear"  # per-modality encoder (registry): patch_linear (Flex-MoE) | mlp
-    hidden: int = 256  # hidden width of the mlp encoder
+    kind: str = "patch_linear"  # encoder of table and embedding modalities (registry): patch_linear (Flex-MoE) | mlp
+    hidden: int = 256  # hidden width of the mlp encoder (and of the hashed-bag text encoder's MLP)
     cell_mask: bool = False  # append the within-modality missing-cell mask to the encoder input
+    series: str = "mtand"  # encoder of series modalities (registry, kind series): mtand | series_conv
+    image: str = "cnn"  # encoder of image modalities (registry, kind image): cnn | timm
+    text: str = "hashed_bag"  # encoder of text modalities (registry, kind text): hashed_bag
 
 
 @dataclass
@@ -102,6 +108,10 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
     hgb_max_iter: int = 100  # hgb: boosting rounds
+    # what logreg and hgb read of a series modality: none (refused: they take no raw signals) | summary (per-channel
+    # statistics of each window: multimoe.baselines.SUMMARY) | flatten (every channel's value at every step)
+    baseline_series: Literal["none", "summary", "flatten"] = "none"
+    baseline_image: Literal["none", "flatten"] = "none"  # ... of an image modality: none (refused) | flatten (pixels)
 
 
 @dataclass
@@ -130,6 +140,9 @@ class TrainConfig:
     patience: int = 0  # early stopping after this many epochs without improvement (0: off)
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # data-loader worker processes that build batches of series, image, text and embedding modalities (images are
+    # decoded there, from disk); 0: in the training process. Tabular data always batches in-process.
+    workers: int = 0
     compile: bool = False  # torch.compile the model's forward (training and evaluation); the MoE engine stays eager
     progress: bool = True  # show a progress bar on stderr
     resume: str | None = None  # run folder to continue from its last completed epoch (same config; runs/resume.py)
@@ -338,6 +351,12 @@ ADDED_KEYS = (
     "train.order_ties",
     "train.class_weights",
     "train.carry_val_gate_loss",
+    "data.split",
+    "model.encoder.series",
+    "model.encoder.image",
+    "model.encoder.text",
+    "model.baseline_series",
+    "model.baseline_image",
 )
 
 
@@ -440,7 +459,7 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     for k in ("epochs", "batch_size", "eval_batch_size", "lr"):
         _positive(f"train.{k}", getattr(t, k))
-    for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads"):
+    for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads", "workers"):
         _positive(f"train.{k}", getattr(t, k), allow_zero=True)
     _fraction("train.modality_dropout", t.modality_dropout, 0, 1)
     check_device_name(t.device)

@@ -2,7 +2,9 @@
 
 FLOPs are counted analytically for the matmuls (2 per multiply-add; element-wise work ignored), in evaluation mode
 (no router noise), because torch's FlopCounterMode sees neither grouped matmuls nor CPU fused attention; a test
-checks these formulas against FlopCounterMode on the code paths it does see. Active parameters are those one token
+checks these formulas against FlopCounterMode on the code paths it does see. The encoders of series, image and text
+modalities (convolutions, attention over steps) are counted by FlopCounterMode on one example row, which sees every
+operation they use. Active parameters are those one token
 (and its sample) uses: all shared weights, the k chosen experts of each MoE layer, the router, and one
 combination's block of the missing-modality bank.
 """
@@ -12,9 +14,11 @@ from __future__ import annotations
 import math
 
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from multimoe.config import ModelConfig
 from multimoe.data.dataset import DataSchema
+from multimoe.data.kinds import ENCODER_KIND, KindShape, empty_inputs
 from multimoe.encoders import input_width
 from multimoe.missing import BankFill
 from multimoe.moe import MoE
@@ -28,10 +32,34 @@ def _encoder_flops(cfg: ModelConfig, features: int) -> int:
     return 2 * width * cfg.encoder.hidden + 2 * cfg.encoder.hidden * P * D
 
 
-def _fusion_flops(cfg: ModelConfig, schema: DataSchema) -> int:
+def example_input(shape: KindShape, rows: int = 1):
+    """Inputs of ``rows`` rows of a modality (zeros, every position observed): ``(x, missing)`` as batches hold them."""
+    return empty_inputs(shape, rows, missing=False)
+
+
+def _kind_encoder_flops(encoder: nn.Module, shape: KindShape) -> int:
+    """FLOPs of one row through an encoder of a series, image or text modality, as FlopCounterMode counts them."""
+    was_training = encoder.training
+    encoder.eval()
+    with FlopCounterMode(display=False) as counter:  # (not under no_grad: its module tracker needs autograd)
+        encoder(*example_input(shape))
+    encoder.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _encoders_flops(model: nn.Module, cfg: ModelConfig, schema: DataSchema) -> list[int]:
+    """Per modality: its encoder's FLOPs per sample."""
+    return [
+        _encoder_flops(cfg, shape.shape[0]) if ENCODER_KIND[shape.kind] == "table"
+        else _kind_encoder_flops(model.encoders[m], shape)
+        for m, shape in zip(schema.modalities, schema.inputs)
+    ]  # fmt: skip
+
+
+def _fusion_flops(cfg: ModelConfig, schema: DataSchema, encoders: list[int]) -> int:
     M, P, D, C = schema.num_modalities, cfg.tokens, cfg.dim, schema.num_classes
     L = M * P
-    flops = sum(_encoder_flops(cfg, f) for f in schema.features) + 2 * M * D * C
+    flops = sum(encoders) + 2 * M * D * C
     attention = 8 * L * D * D + 4 * L * L * D
     if cfg.ffn == "dense":
         ffn = 4 * L * D * cfg.dense_hidden
@@ -52,8 +80,9 @@ def model_costs(model: nn.Module, cfg: ModelConfig, schema: DataSchema) -> dict:
             inactive += (E - k) * per_expert
         if isinstance(module, BankFill):  # a sample reads at most one combination's block
             inactive += module.bank_SMPD[1:].numel()
+    encoders = _encoders_flops(model, cfg, schema)
     if cfg.arch == "late_fusion":
-        flops = sum(_encoder_flops(cfg, f) + 2 * cfg.tokens * cfg.dim * schema.num_classes for f in schema.features)
+        flops = sum(f + 2 * cfg.tokens * cfg.dim * schema.num_classes for f in encoders)
     else:
-        flops = _fusion_flops(cfg, schema)
+        flops = _fusion_flops(cfg, schema, encoders)
     return {"parameters": total, "active_parameters": total - inactive, "flops_per_sample": flops}

@@ -15,6 +15,10 @@ ONNX file's metadata under ``multimoe.preprocessing``) holds the columns, scalin
 and ``multimoe.data.preprocess.Preprocessor`` (no torch needed) applies it to a DataFrame, as ``OnnxPredictor``
 does; its module docstring spells the transform out for a server in another language.
 
+Models with modalities of other kinds (series, image, text, embedding: ``multimoe.data.kinds``) are refused: their
+inputs are no table rows and reading them (files, hashing, resampling) is not part of the documented transform; they
+are served with ``multimoe predict`` / ``load_predictor``.
+
 The MoE engine (a custom autograd Function planned with numpy) is not traceable; the export swaps each MoE layer's
 engine for ``multimoe.moe.dense_expert_ffn``, which computes the same outputs densely (every expert on every token),
 and checks the exported graph against the PyTorch model under onnxruntime before it writes the file. Needs the
@@ -136,6 +140,13 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, check_rows: 
         )
     _onnx_modules()  # before the work: a missing extra fails with the install command
     _, model = load_model(folder)
+    other = [(m, s.kind) for m, s in zip(model.schema.modalities, model.schema.inputs) if s.kind != "table"]
+    if other:  # their inputs are no table rows, and reading them (files, hashing) is not the documented transform
+        kinds = ", ".join(f"{m} ({kind})" for m, kind in other)
+        raise ConfigError(
+            f"ONNX export takes models of table modalities only; {folder.path} has {kinds}: serve it with "
+            f"`multimoe predict {folder.path} DATA` or multimoe.load_predictor"
+        )
     model.eval()
     out = Path(out) if out is not None else folder.onnx
     module = _module_for_export(model)

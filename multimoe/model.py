@@ -25,10 +25,29 @@ from torch import Tensor, nn
 from multimoe.batch import Batch, num_combinations
 from multimoe.config import ConfigError, ModelConfig
 from multimoe.data.dataset import DataSchema
+from multimoe.data.kinds import ENCODER_KIND, KindShape
 from multimoe.dropout import Dropout, drop
 from multimoe.gate_losses import combination_targets
 from multimoe.moe import MoE, MoEOutput, TokenInfo, exclude_from_compile
 from multimoe.registry import ARCHS, ENCODERS, FILLS, ROUTERS
+
+
+def encoder_name(cfg: ModelConfig, kind: str) -> str:
+    """The registry name of the encoder of a modality of ``kind``: ``model.encoder.kind`` for tables and embeddings,
+    ``model.encoder.series`` / ``.image`` / ``.text`` for the others."""
+    reads = ENCODER_KIND[kind]
+    return cfg.encoder.kind if reads == "table" else getattr(cfg.encoder, reads)
+
+
+def build_encoder(cfg: ModelConfig, shape: KindShape) -> nn.Module:
+    """A modality's encoder to ``cfg.tokens`` tokens of width ``cfg.dim``: table encoders take the feature count,
+    the other kinds' encoders the input shape (``KindShape``)."""
+    reads = ENCODER_KIND[shape.kind]
+    name = encoder_name(cfg, shape.kind)
+    key = "model.encoder.kind" if reads == "table" else f"model.encoder.{reads}"
+    ENCODERS.check(name, reads, key=key)
+    first = shape.shape[0] if reads == "table" else shape
+    return ENCODERS.build(name, first, cfg.tokens, cfg.dim, cfg.encoder)
 
 
 class Attention(nn.Module):
@@ -110,12 +129,7 @@ class MultimodalMoE(nn.Module):
         super().__init__()
         self.cfg, self.schema = cfg, schema
         M, P, D = schema.num_modalities, cfg.tokens, cfg.dim
-        self.encoders = nn.ModuleDict(
-            {
-                name: ENCODERS.build(cfg.encoder.kind, f, P, D, cfg.encoder)
-                for name, f in zip(schema.modalities, schema.features)
-            }
-        )
+        self.encoders = nn.ModuleDict({m: build_encoder(cfg, s) for m, s in zip(schema.modalities, schema.inputs)})
         self.fill = FILLS.build(cfg.fill, M, P, D)
         self.pos_LD = nn.Parameter(torch.zeros(M * P, D))
         self.layers = nn.ModuleList(
@@ -170,12 +184,7 @@ class LateFusion(nn.Module):
     def __init__(self, cfg: ModelConfig, schema: DataSchema) -> None:
         super().__init__()
         self.cfg, self.schema = cfg, schema
-        self.encoders = nn.ModuleDict(
-            {
-                m: ENCODERS.build(cfg.encoder.kind, f, cfg.tokens, cfg.dim, cfg.encoder)
-                for m, f in zip(schema.modalities, schema.features)
-            }
-        )
+        self.encoders = nn.ModuleDict({m: build_encoder(cfg, s) for m, s in zip(schema.modalities, schema.inputs)})
         self.heads = nn.ModuleDict({m: nn.Linear(cfg.tokens * cfg.dim, schema.num_classes) for m in schema.modalities})
         self.drop = Dropout(cfg.dropout)
 

@@ -9,6 +9,14 @@ New rows are read as training rows were: a modality whose cells are all empty in
 modality whose columns are absent from the data is missing in every row (said once, in the notes); a category
 training never saw encodes as in evaluation (all zeros) and is counted; a row with no modality, or text in a
 numeric column, is an error naming the row (rows count from 0 after the header).
+
+Modalities of other kinds (``multimoe.data.kinds``) are rebuilt from their spec entry (kept in preprocess.json) with
+the training sizes, channels, steps and statistics: from a table file, those whose entry reads a column of it (image
+paths, relative to the file's folder and the entry's ``root``; text; an embedding list column); from a YAML spec
+of the new rows (``predict_file("new.yaml")``, the training spec's format, label optional), every kind, each from the
+new spec's entry of the same name (its files: the new rows' series table or array, embedding file, images). A
+modality the data cannot give (an entry reading another file when the data is a table file; a modality a built-in
+dataset's loader made in Python) is missing in every row, and a note says why.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from multimoe.baselines import SklearnBaseline
 from multimoe.batch import combination_name, combinations, num_combinations
 from multimoe.config import ConfigError
 from multimoe.data.dataset import DataSchema, MultimodalData
-from multimoe.data.preprocess import PREPROCESS_FORMAT, Encoded, Preprocessor, label_text
-from multimoe.data.table import TABLE_SUFFIXES, _check_unique_header
+from multimoe.data.frames import TABLE_SUFFIXES, check_unique_header
+from multimoe.data.kinds import AbsentSource, ModalitySource, rebuild_source
+from multimoe.data.preprocess import PREPROCESS_FORMAT_SOURCES, Encoded, Preprocessor, label_text
+from multimoe.data.table import read_spec
 from multimoe.device import check_device
 from multimoe.errors import CheckpointError, DataError
 from multimoe.evaluate import Predictions, format_results, metrics_from_predictions, predict
@@ -43,6 +53,7 @@ CHUNK_CELLS = 6_500_000  # cells read, encoded and predicted at a time by predic
 # columns: 10,000 rows a chunk, a peak of about 0.7 GB resident, torch included)
 EXPLAIN_TOP = 3  # experts listed per modality by explain
 PARQUET_SUFFIXES = (".parquet", ".pq")
+SPEC_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -72,18 +83,20 @@ class Predictor:
     ) -> Predictor:
         """A predictor from a model, its data schema and the preprocessing's JSON form (``Splits.preprocessing``);
         checks that they belong together."""
-        if int(preprocessing.get("format", 0)) > PREPROCESS_FORMAT:
+        if int(preprocessing.get("format", 0)) > PREPROCESS_FORMAT_SOURCES:
             raise CheckpointError(
                 f"the preprocessing of {name or 'this model'} has format {preprocessing['format']}, newer than this "
-                f"multimoe reads ({PREPROCESS_FORMAT}); upgrade multimoe"
+                f"multimoe reads ({PREPROCESS_FORMAT_SOURCES}); upgrade multimoe"
             )
         pre = Preprocessor.from_dict(preprocessing)
-        widths = tuple(len(names) for names in pre.feature_names().values())
-        if tuple(pre.coders) != schema.modalities or widths != schema.features:
+        order = list(preprocessing.get("order", list(pre.coders)))  # every modality (the tables' only before kinds)
+        sources = preprocessing.get("sources", {})
+        widths = [len(pre.feature_names()[m]) if m in pre.coders else math.prod(sources[m]["shape"]["shape"])
+                  for m in order if m in pre.coders or m in sources]  # fmt: skip
+        if tuple(order) != schema.modalities or tuple(widths) != schema.features:
             raise CheckpointError(
                 f"the preprocessing of {name or 'this model'} does not match its model: modalities "
-                f"{list(pre.coders)} with {list(widths)} features vs {list(schema.modalities)} with "
-                f"{list(schema.features)}"
+                f"{order} with {widths} features vs {list(schema.modalities)} with {list(schema.features)}"
             )
         if tuple(preprocessing["classes"]) != schema.classes:
             raise CheckpointError(f"the classes of {name or 'this model'} differ between its model and preprocessing")
@@ -98,28 +111,59 @@ class Predictor:
         return self.preprocessor.modalities
 
     @property
+    def source_states(self) -> dict[str, dict]:
+        """Modality -> the training state of a modality of another kind (kind, spec entry, shape, statistics)."""
+        return self.preprocessing.get("sources", {})
+
+    @property
     def routes(self) -> bool:
         """Whether the model has MoE layers (what ``explain`` shows)."""
         return isinstance(self.model, torch.nn.Module) and any(isinstance(m, MoE) for m in self.model.modules())
 
-    def encode(self, frame: pd.DataFrame, where: str = "") -> tuple[MultimodalData, Encoded]:
+    def encode(self, frame: pd.DataFrame, where: str = "", base_dir: str | Path | None = None,
+               sources: dict[str, ModalitySource] | None = None) -> tuple[MultimodalData, Encoded]:  # fmt: skip
         """The rows of ``frame`` preprocessed as in training, as the model's input (labels when ``frame`` has the
-        label column and a row's class is known, else -1)."""
+        label column and a row's class is known, else -1). Modalities of other kinds: ``sources`` when given (built
+        for these rows), else those whose spec entry reads a column of ``frame`` (paths relative to ``base_dir``,
+        default the working folder); the others are missing in every row."""
         if not isinstance(frame, pd.DataFrame):
             raise DataError(f"expected a pandas DataFrame with the training columns, got {type(frame).__name__}")
         if not all(isinstance(c, str) for c in frame.columns):
             frame = frame.rename(columns=str)
-        enc = self.preprocessor.transform_frame(frame, where)
-        labels_N = self._labels(frame)
+        n = len(frame)
+        built = dict(self.column_sources(frame, where, base_dir) if sources is None else sources)
+        for m, state in self.source_states.items():  # not given by these rows: absent in every row
+            built.setdefault(m, AbsentSource(m, state, n, where))
+        present = {m: s.presence() for m, s in built.items()}
+        elsewhere = np.zeros(n, dtype=bool)
+        for p in present.values():
+            elsewhere |= p
+        enc = self.preprocessor.transform_frame(frame, where, elsewhere if self.source_states else None)
+        table = {m: j for j, m in enumerate(self.preprocessor.coders)}
+        present_NM = np.stack(
+            [enc.present_NM[:, table[m]] if m in table else present.get(m, np.zeros(n, dtype=bool))
+             for m in self.schema.modalities], axis=1)  # fmt: skip
         data = MultimodalData(
             schema=self.schema,
-            values={m: torch.from_numpy(enc.values[m]) for m in self.schema.modalities},
-            cell_missing={m: torch.from_numpy(enc.missing[m]) for m in self.schema.modalities},
-            present_NM=torch.from_numpy(enc.present_NM),
-            labels_N=torch.from_numpy(labels_N),
-            rows_N=np.arange(len(frame)),
+            values={m: torch.from_numpy(enc.values[m]) for m in table},
+            cell_missing={m: torch.from_numpy(enc.missing[m]) for m in table},
+            present_NM=torch.from_numpy(present_NM),
+            labels_N=torch.from_numpy(self._labels(frame)),
+            rows_N=np.arange(n),
+            sources=built,
         )
         return data, enc
+
+    def column_sources(self, frame: pd.DataFrame, where: str = "", base_dir: str | Path | None = None) -> dict:
+        """The modalities of other kinds whose spec entry reads a column of ``frame`` that has a value: image paths
+        (relative to ``base_dir``), text, embedding lists; rebuilt with the training sizes and statistics."""
+        out = {}
+        for m, state in self.source_states.items():
+            column = (state.get("entry") or {}).get("column")
+            if column is not None and str(column) in frame.columns and frame[str(column)].notna().any():
+                base = None if base_dir is None else Path(base_dir)
+                out[m] = rebuild_source(m, state, state["entry"], frame, base, where)
+        return out
 
     def _labels(self, frame: pd.DataFrame) -> np.ndarray:
         labels_N = np.full(len(frame), -1, dtype=np.int64)
@@ -152,14 +196,14 @@ class Predictor:
         """The most probable class of every row of ``frame`` (values of ``classes_``)."""
         return self.classes_[self.predict_proba(frame).argmax(axis=1)]
 
-    def predict_table(
-        self, frame: pd.DataFrame, id_column: str | None = None, explain: bool = False, where: str = ""
-    ) -> tuple[pd.DataFrame, MultimodalData, Encoded, np.ndarray]:
+    def predict_table(self, frame: pd.DataFrame, id_column: str | None = None, explain: bool = False, where: str = "",
+                      base_dir: str | Path | None = None, sources: dict[str, ModalitySource] | None = None
+                      ) -> tuple[pd.DataFrame, MultimodalData, Encoded, np.ndarray]:  # fmt: skip
         """The output table of ``frame``'s rows (in order): the id column passed through, ``prediction`` (the class
         name), ``proba_<class>`` per class, ``observed`` (the observed modalities, e.g. ``a+b``) and with
         ``explain`` ``experts_<modality>`` (``expert:weight`` pairs, heaviest first, for observed modalities).
-        Also the encoded rows and their probabilities."""
-        data, enc = self.encode(frame, where)
+        Also the encoded rows and their probabilities (``base_dir``, ``sources``: as ``encode``)."""
+        data, enc = self.encode(frame, where, base_dir, sources)
         probs_NC, explained = self.run(data, explain)
         modalities = list(self.schema.modalities)
         names = np.array([combination_name(c, modalities) for c in combinations(len(modalities))])
@@ -185,30 +229,58 @@ class Predictor:
         cells, from 1,000 to 100,000 rows) and write the output table
         (``predict_table``) to ``out`` (CSV, TSV by extension, or Parquet; written whole or not at all), or only
         summarise when ``out`` is None. Returns the summary: rows, rows per observed combination, modalities absent
-        from the file, unseen categories per column, notes, and metrics when the file has the label column."""
+        from the file, unseen categories per column, notes, and metrics when the file has the label column.
+
+        ``data`` may also be a YAML spec of the new rows (the training spec's format, the label optional): its table
+        is read whole and every modality of another kind is built from the spec's entry of the same name."""
         path = Path(data)
-        source = _TableFile(path)
-        header = source.columns()
-        where = f" in {path}"
+        if path.suffix.lower() in SPEC_SUFFIXES:
+            spec, whole, table_path = read_spec(path, need_label=False)
+            header = list(whole.columns)
+        else:
+            source, table_path = _TableFile(path), path
+            header = source.columns()
+        where = f" in {table_path}"
         if id_column is not None and id_column not in header:
-            raise DataError(f"id column '{id_column}' is not in {path}; columns are: {_preview(header)}")
-        if out is not None and Path(out).resolve() == path.resolve():
+            raise DataError(f"id column '{id_column}' is not in {table_path}; columns are: {_preview(header)}")
+        if out is not None and Path(out).resolve() in (path.resolve(), table_path.resolve()):
             raise ConfigError(f"--out {out} is the input file; write the predictions elsewhere")
-        notes, absent = self._column_notes(header, path)
+        notes, absent = self._column_notes(header, table_path)
         wanted = [c for cols in self.modalities.values() for c in cols if c in header]
-        if not wanted:
-            raise DataError(f"{path} has none of the training columns ({_preview(_flat(self.modalities))})")
         labelled = self.label in header
-        wanted += [c for c in (self.label if labelled else None, id_column) if c is not None and c not in wanted]
-        text_columns = [id_column] if id_column else []
-        text_columns += [c.column for cs in self.preprocessor.coders.values() for c in cs if c.kind != "numeric"]
-        chunk_rows = chunk_rows or min(100_000, max(1_000, CHUNK_CELLS // len(wanted)))
+        if path.suffix.lower() in SPEC_SUFFIXES:
+            built, more_notes, more_absent = self._spec_sources(spec, whole, path)
+            if not wanted and not built:
+                raise DataError(f"{path} gives none of the training modalities ({', '.join(self.schema.modalities)})")
+
+            def frames() -> Iterator[tuple[pd.DataFrame, dict | None, Path | None]]:
+                yield whole, built, None
+
+        else:
+            more_notes, more_absent, source_columns = self._source_notes(header, path)
+            wanted += [c for c in source_columns if c not in wanted]
+            if not wanted:
+                training = _flat(self.modalities) + [str(s["entry"]["column"]) for s in self.source_states.values()
+                                                     if "column" in (s.get("entry") or {})]  # fmt: skip
+                raise DataError(f"{path} has none of the training columns ({_preview(training)})")
+            wanted += [c for c in (self.label if labelled else None, id_column) if c is not None and c not in wanted]
+            text_columns = [id_column] if id_column else []
+            text_columns += [c.column for cs in self.preprocessor.coders.values() for c in cs if c.kind != "numeric"]
+            text_columns += source_columns  # paths, text, embedding lists
+            chunk_rows = chunk_rows or min(100_000, max(1_000, CHUNK_CELLS // len(wanted)))
+
+            def frames() -> Iterator[tuple[pd.DataFrame, dict | None, Path | None]]:
+                for frame in source.chunks(wanted, [c for c in text_columns if c in header], chunk_rows):
+                    yield frame, None, path.parent
+
+        notes += more_notes
+        absent += [m for m in more_absent if m not in absent]
         S = num_combinations(self.schema.num_modalities)
         tally = {"rows": 0, "combos": np.zeros(S, dtype=np.int64), "unknown": {}, "probs": [], "labels": [], "cs": []}
 
         def stream(write_chunk: Callable[[pd.DataFrame], None] | None) -> None:
-            for frame in source.chunks(wanted, [c for c in text_columns if c in header], chunk_rows):
-                table, encoded, enc, probs_NC = self.predict_table(frame, id_column, explain, where)
+            for frame, built, base_dir in frames():
+                table, encoded, enc, probs_NC = self.predict_table(frame, id_column, explain, where, base_dir, built)
                 self._tally(tally, encoded, enc, probs_NC, labelled)
                 if write_chunk is not None:
                     write_chunk(table)
@@ -244,6 +316,43 @@ class Predictor:
                 what = f"column {lacking[0]}" if len(lacking) == 1 else f"columns {_preview(lacking, 5)}"
                 notes.append(f"{what} of modality '{mod}' absent from {path}: empty cells in every row")
         return notes, absent
+
+    def _source_notes(self, header: list[str], path: Path) -> tuple[list[str], list[str], list[str]]:
+        """For a table file: notes on the modalities of other kinds it cannot give, those modalities, and the
+        columns it gives the others from."""
+        notes, absent, columns = [], [], []
+        for m, state in self.source_states.items():
+            entry, kind = state.get("entry"), state["kind"]
+            if entry is None:
+                notes.append(f"modality '{m}' ({kind}) was made by its dataset's loader, not from a spec entry: {path} "
+                             "cannot give it; missing in every row")  # fmt: skip
+            elif "column" not in entry:
+                file = entry.get("file") or entry.get("table")
+                notes.append(
+                    f"modality '{m}' ({kind}) reads the file {file}, not a column of {path}: missing in every row; to "
+                    f"give it, predict from a YAML spec of the new rows whose entry '{m}' names their file"
+                )
+            elif str(entry["column"]) not in header:
+                notes.append(f"modality '{m}' ({kind}, column '{entry['column']}') is absent from {path}: missing in "
+                             "every row")  # fmt: skip
+            else:
+                columns.append(str(entry["column"]))
+                continue
+            absent.append(m)
+        return notes, absent, columns
+
+    def _spec_sources(self, spec: dict, frame: pd.DataFrame, path: Path) -> tuple[dict, list[str], list[str]]:
+        """For a YAML spec of new rows: the modalities of other kinds built from its entries (paths relative to the
+        spec's folder), notes on those it lacks, and those."""
+        built, notes, absent = {}, [], []
+        for m, state in self.source_states.items():
+            entry = spec["modalities"].get(m)
+            if entry is None:
+                notes.append(f"modality '{m}' ({state['kind']}) is not in {path}: missing in every row")
+                absent.append(m)
+                continue
+            built[m] = rebuild_source(m, state, entry, frame, path.parent, f" in {path.name}")
+        return built, notes, absent
 
     def _tally(self, tally: dict, data: MultimodalData, enc: Encoded, probs_NC: np.ndarray, labelled: bool) -> None:
         tally["rows"] += len(data)
@@ -340,7 +449,7 @@ class _TableFile:
             if self.suffix in PARQUET_SUFFIXES:
                 return [str(c) for c in _parquet().ParquetFile(self.path).schema_arrow.names]
             header = pd.read_csv(self.path, sep=self.sep, nrows=0).columns
-            _check_unique_header(
+            check_unique_header(
                 self.path, pd.read_csv(self.path, sep=self.sep, nrows=1, header=None, dtype=str).iloc[0]
             )
             return [str(c) for c in header]

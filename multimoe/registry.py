@@ -42,12 +42,13 @@ class Registry:
     def names(self) -> list[str]:
         return list(self.entries)
 
-    def check(self, name: str, kind: str | None = None) -> Entry:
-        """The entry of ``name``, or a ConfigError listing the valid names (those of ``kind`` when given)."""
+    def check(self, name: str, kind: str | None = None, key: str | None = None) -> Entry:
+        """The entry of ``name``, or a ConfigError listing the valid names (those of ``kind`` when given) under the
+        config key ``key`` (default: the registry's)."""
         valid = [n for n, e in self.entries.items() if kind is None or e.kind == kind]
         if name not in valid:
             other = f" ({name!r} is for {self.entries[name].kind} inputs)" if name in self.entries else ""
-            raise ConfigError(f"{self.key}={name!r} is not valid{other}; choose one of: {', '.join(valid)}")
+            raise ConfigError(f"{key or self.key}={name!r} is not valid{other}; choose one of: {', '.join(valid)}")
         return self.entries[name]
 
     def get(self, name: str) -> Any:
@@ -122,6 +123,8 @@ def check(cfg: Config) -> Config:
         DATASETS.check(cfg.data.name)
     ARCHS.check(cfg.model.arch)
     ENCODERS.check(cfg.model.encoder.kind, "table")
+    for kind in ("series", "image", "text"):  # model.encoder.series / .image / .text: encoders of that kind only
+        ENCODERS.check(getattr(cfg.model.encoder, kind), kind, key=f"model.encoder.{kind}")
     FILLS.check(cfg.model.fill)
     ROUTERS.check(cfg.model.moe.router.kind)
     return cfg

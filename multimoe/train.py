@@ -65,6 +65,7 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
     device = setup(t.device, t.threads)
     in_memory = table is not None  # eval and report must then be handed the same table (runs/reopen.py)
     cfg, table, splits, notes = _prepare(cfg, table, splits)
+    splits.set_workers(t.workers)  # batches of series, image, text and embedding modalities: in loader workers
     folder = RunFolder.open(t.resume) if t.resume else RunFolder.create(cfg, table.name)
     config = dataclasses.replace(cfg, train=dataclasses.replace(t, resume=None))
     if t.resume:

@@ -103,3 +103,71 @@ def plans(request, monkeypatch):
 
     monkeypatch.setattr(dispatch, "_HOST_PLANS", request.param == "numpy")
     return request.param
+
+
+KINDS_SPEC = """path: table.csv
+label: y
+modalities:
+  lab: [a1]
+  scan: {kind: image, column: scan, root: images}
+  notes: {kind: text, column: note, buckets: 64}
+  emb: {kind: embedding, file: emb.npy}
+  vitals: {kind: series, table: vitals.csv, id: pid, time: t, channel: ch, value: v}
+"""
+KIND_OF = {"lab": "table", "scan": "image", "notes": "text", "emb": "embedding", "vitals": "series"}
+
+
+def lab_absent(i: np.ndarray) -> np.ndarray:
+    """Rows of ``write_kinds_table`` whose ``lab`` column is empty: i % 3 == 0 where every other kind is present."""
+    return (i % 3 == 0) & (i % 5 != 1) & (i % 7 != 2) & (i % 4 != 3) & (i % 6 != 4)
+
+
+def write_kinds_table(folder, n: int = 60, seed: int = 0, spec: str = KINDS_SPEC):
+    """A table with a modality of every kind, each missing in some rows, from generated files: ``lab`` (a column),
+    ``scan`` (8 x 8 grey PNG files in images/; an empty path in rows i % 5 == 1), ``notes`` (text; empty in rows
+    i % 7 == 2), ``emb`` (emb.npy, 4 features; all NaN in rows i % 4 == 3, one NaN cell in row 0), ``vitals`` (a
+    long table with irregular times, channels hr and sbp, 2-6 observations; none for rows i % 6 == 4), ``lab``
+    empty in rows i % 3 == 0 that have every other kind (``lab_absent``: ``lab`` and any one kind is never empty).
+    Labels 0-2 shift every kind's values. Returns the spec's path."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    i = np.arange(n)
+    y = i % 3
+    paths = []
+    for k in range(n):
+        if k % 5 == 1:
+            paths.append("")
+            continue
+        pixels = np.clip(60 * y[k] + rng.normal(60, 20, (8, 8)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / f"im{k}.png")
+        paths.append(f"im{k}.png")
+    words = np.array(["calm", "fever", "cough"])
+    notes = ["" if k % 7 == 2 else f"patient {words[y[k]]} {words[rng.integers(3)]} seen today" for k in range(n)]
+    frame = pd.DataFrame({"pid": [f"p{k:03d}" for k in i], "a1": y + rng.normal(0, 0.5, n), "scan": paths,
+                          "note": notes, "y": y})  # fmt: skip
+    frame.loc[lab_absent(i), "a1"] = np.nan
+    frame.to_csv(folder / "table.csv", index=False)
+    emb = (y[:, None] + rng.normal(size=(n, 4))).astype(np.float32)
+    emb[i % 4 == 3] = np.nan
+    emb[0, 1] = np.nan
+    np.save(folder / "emb.npy", emb)
+    lines = []
+    for k in range(n):
+        if k % 6 == 4:
+            continue
+        times = np.sort(rng.choice(np.arange(0.0, 20.0, 0.5), size=rng.integers(2, 7), replace=False))
+        for t in times:
+            lines.append((f"p{k:03d}", t, "hr", 70 + 10 * y[k] + rng.normal()))
+            if rng.random() < 0.6:  # sbp is observed at some of the times only
+                lines.append((f"p{k:03d}", t, "sbp", 120 - 5 * y[k] + rng.normal()))
+    pd.DataFrame(lines, columns=["pid", "t", "ch", "v"]).to_csv(folder / "vitals.csv", index=False)
+    (folder / "spec.yaml").write_text(spec)
+    return folder / "spec.yaml"
+
+
+KINDS_TINY = ["model.dim=8", "model.tokens=2", "model.heads=2", "model.moe.hidden=8", "model.moe.router.top_k=2",
+              "model.encoder.hidden=8", "model.dense_hidden=16", "train.epochs=1", "train.batch_size=16",
+              "train.progress=false", "data.missing=mcar:0.2"]  # fmt: skip

@@ -153,6 +153,51 @@ CASES = {
     "values too large to scale": (lambda t: table(t, edit(a1={7: 1e308, 8: -1e308})), ["'a1'", "row", "t.csv"]),
     "modality never observed": (lambda t: table(t, edit(b1=np.nan)), ["'b'", "t.csv", "never present"]),
 }
+
+
+def kinds(tmp: Path, change) -> list[str]:
+    """The table with a modality of every kind (``conftest.write_kinds_table``), with ``change(folder)`` applied."""
+    from conftest import write_kinds_table
+
+    spec = write_kinds_table(tmp / "data")
+    change(spec.parent)
+    return [f"data.spec={spec}"]
+
+
+def set_cell(folder: Path, column: str, row: int, value) -> None:
+    frame = pd.read_csv(folder / "table.csv", dtype={"scan": str, "note": str})
+    frame.loc[row, column] = value
+    frame.to_csv(folder / "table.csv", index=False)
+
+
+def latin1_note(folder: Path) -> None:
+    text = (folder / "table.csv").read_bytes()
+    (folder / "table.csv").write_bytes(text.replace(b"seen today", "vu \u00e0 midi".encode("latin-1"), 1))
+
+
+def only_hr(folder: Path) -> None:
+    spec = (folder / "spec.yaml").read_text()
+    (folder / "spec.yaml").write_text(spec.replace("value: v}", "value: v, channels: [hr]}"))
+
+
+CASES |= {
+    "image path to no file": (
+        lambda t: kinds(t, lambda f: set_cell(f, "scan", 4, "nope.png")),
+        ["row 4", "'scan'", "nope.png", "does not exist", "missing_file: absent"],
+    ),
+    "image that does not decode": (
+        lambda t: kinds(
+            t, lambda f: [(f / "images" / f"im{k}.png").write_bytes(b"no png") for k in range(60) if k % 5 != 1]
+        ),
+        ["im0.png", "Pillow can decode"],
+    ),  # fmt: skip
+    "embedding file with the wrong row count": (
+        lambda t: kinds(t, lambda f: np.save(f / "emb.npy", np.zeros((59, 4), np.float32))),
+        ["emb.npy", "59 rows", "60"],
+    ),
+    "series channel absent from the spec": (lambda t: kinds(t, only_hr), ["'sbp'", "(hr)", "vitals"]),
+    "text not in UTF-8": (lambda t: kinds(t, latin1_note), ["table.csv", "not UTF-8", "row 0", "iconv"]),
+}
 if not torch.cuda.is_available():
     CASES["train.device=cuda without a GPU"] = (lambda t: ["train.device=cuda"], ["train.device=cuda", "cpu"])
 

@@ -93,3 +93,77 @@ def test_saved_arrays_predict_as_the_fitted_estimator(cls, missing, tmp_path):
     got = loaded.predict(s.test).probs_NC
     assert got.shape == (len(s.test), classes)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+# ---- modalities of other kinds ---------------------------------------------------------------------------------
+
+
+def test_series_summary_against_statistics_worked_by_hand():
+    from multimoe.baselines import SUMMARY, series_summary
+
+    nan = np.nan
+    values = np.array([[[1.0, nan, 3.0, 5.0], [nan, nan, nan, nan], [nan, 2.0, nan, nan]]])  # 1 row, 3 channels
+    got = series_summary(values).reshape(3, len(SUMMARY))
+    # channel 0 observes 1, 3, 5 at steps 0, 2, 3: quantiles interpolate linearly between them; changes 1->3, 3->5
+    expected = [3.0, np.sqrt(8 / 3), 1.0, 5.0, 1.4, 2.0, 3.0, 4.0, 4.6, 35 / 3, 2.0, 0.75]
+    np.testing.assert_allclose(got[0], expected)
+    assert np.isnan(got[1, :-1]).all() and got[1, -1] == 0.0  # nothing observed: NaN statistics, observed share 0
+    np.testing.assert_allclose(got[2], [2, 0, 2, 2, 2, 2, 2, 2, 2, 4, nan, 0.25])  # one observation: no change
+
+
+def kinds_data(tmp_path, entry: str, **cfg):
+    """The test split of a table with one column modality and one source modality, prepared."""
+    from conftest import write_kinds_table
+
+    from multimoe.data.table import load_spec
+
+    spec = "path: table.csv\nlabel: y\nmodalities:\n  lab: [a1]\n  " + entry + "\n"
+    table = load_spec(write_kinds_table(tmp_path, spec=spec))
+    return prepare(table, DataConfig(**cfg), seed=0)
+
+
+def test_an_embedding_is_columns_standardised_with_training_statistics(tmp_path):
+    s = kinds_data(tmp_path, "emb: {kind: embedding, file: emb.npy}")
+    emb = np.load(tmp_path / "emb.npy").astype(np.float64)
+    data = s.test
+    nans = design_matrix(data, nan_missing=True)
+    source = data.sources["emb"]
+    expected = (emb[data.rows_N] - source.mean_F) / source.std_F
+    expected[~data.present_NM[:, 1].numpy()] = np.nan
+    np.testing.assert_allclose(nans[:, 1:], expected, rtol=1e-5)
+    zeros = design_matrix(data, nan_missing=False)
+    np.testing.assert_allclose(zeros[:, 1:], np.nan_to_num(expected, nan=0.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("entry, key", [
+    ("vitals: {kind: series, table: vitals.csv, id: pid, time: t, channel: ch, value: v}", "model.baseline_series"),
+    ("scan: {kind: image, column: scan, root: images}", "model.baseline_image"),
+    ("notes: {kind: text, column: note}", None),
+])  # fmt: skip
+def test_raw_signals_images_and_text_are_refused_unless_features_are_chosen(tmp_path, entry, key):
+    from multimoe.config import ConfigError
+
+    s = kinds_data(tmp_path, entry)
+    with pytest.raises(ConfigError, match="logreg and hgb do not take raw signals, images or text") as e:
+        HGB(ModelConfig(arch="hgb"), seed=0).fit(s.train)
+    assert (key in str(e.value)) if key else "use a neural preset" in str(e.value)
+
+
+def test_series_summary_and_flattened_images_feed_the_baselines(tmp_path):
+    from multimoe.baselines import SUMMARY
+
+    s = kinds_data(tmp_path / "a", "vitals: {kind: series, table: vitals.csv, id: pid, time: t, channel: ch, value: v}")
+    cfg = ModelConfig(arch="hgb", baseline_series="summary")
+    X = design_matrix(s.test, nan_missing=True, cfg=cfg)
+    assert X.shape == (len(s.test), 1 + 2 * len(SUMMARY))
+    x, missing = s.test.sources["vitals"].batch(s.test.rows_N[:1])
+    hr = np.where(missing[0, 0].numpy(), np.nan, x.values_BVU[0, 0].numpy())
+    if s.test.present_NM[0, 1]:
+        assert X[0, 1] == pytest.approx(np.nanmean(hr), rel=1e-5)  # channel hr's mean comes first
+    flat = design_matrix(s.test, True, ModelConfig(arch="hgb", baseline_series="flatten"))
+    assert flat.shape[1] == 1 + 2 * s.schema.inputs[1].shape[1]
+    images = kinds_data(tmp_path / "b", "scan: {kind: image, column: scan, root: images}")
+    pixels = design_matrix(images.test, True, ModelConfig(arch="logreg", baseline_image="flatten"))
+    assert pixels.shape[1] == 1 + 64 and np.isnan(pixels[~images.test.present_NM[:, 1].numpy(), 1:]).all()
+    model = HGB(ModelConfig(arch="hgb", baseline_image="flatten", hgb_max_iter=5), seed=0).fit(images.train)
+    assert np.isfinite(evaluate(model, images.test)["loss"])

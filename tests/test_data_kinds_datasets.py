@@ -14,7 +14,6 @@ from multimoe.config import DataConfig
 from multimoe.data import hapt, safe_pickle
 from multimoe.data.groups import split_groups
 from multimoe.data.kinds import ImageSource, SeriesSource
-from multimoe.data.prepare import prepare
 from multimoe.data.table import Table, build_table
 from multimoe.errors import DataError
 from multimoe.registry import DATASETS
@@ -140,12 +139,6 @@ def test_mfeat_pix_is_an_upright_16_by_15_image(tmp_path):
     seven, three = image[digits == 7].mean(axis=0), image[digits == 3].mean(axis=0)
     assert seven[:2].mean() > 2 * seven[-2:].mean()  # a 7's bar is at the top: not upside down
     assert three[:, -5:].mean() > 1.5 * three[:, :5].mean()  # a 3 opens to the left: not mirrored
-
-
-@needs_package("mfeat-image")
-def test_training_on_sources_is_refused_clearly_until_it_is_wired():
-    with pytest.raises(DataError, match=r"pix \(image\) are not tables of columns"):
-        prepare(build_table(DataConfig(name="mfeat-image")), DataConfig(), seed=0)
 
 
 def test_a_table_checks_its_sources_rows_and_names():

@@ -17,7 +17,8 @@ from multimoe.errors import DataError
 def split_groups(groups: np.ndarray, seed: int, val_fraction: float, test_fraction: float,
                  where: str = "") -> dict[str, np.ndarray]:  # fmt: skip
     """Row positions of train / val / test: groups shuffled by the seed are dealt to test until it holds
-    ``test_fraction`` of the rows (at least one group), then to validation likewise; the other groups train."""
+    ``test_fraction`` of the rows (at least one group), then to validation likewise; the other groups train.
+    ``test_fraction=0`` deals no test group (the test rows are then the validation rows, as ``split_rows``)."""
     groups = pd.Series(np.asarray(groups))
     if groups.isna().any():
         raise DataError(f"the group column{where} is empty at row {int(np.flatnonzero(groups.isna())[0])}")
@@ -31,10 +32,12 @@ def split_groups(groups: np.ndarray, seed: int, val_fraction: float, test_fracti
     sizes = groups.value_counts().reindex(order).to_numpy()
     n, out, taken = len(groups), {}, 0
     for split, fraction in (("test", test_fraction), ("val", val_fraction)):
-        count = 1
+        count = 1 if fraction > 0 else 0
         while taken + count < names.size - 1 and sizes[taken : taken + count].sum() < fraction * n:
             count += 1
         out[split] = order[taken : taken + count]
         taken += count
     out["train"] = order[taken:]
+    if test_fraction == 0:
+        out["test"] = out["val"]
     return {k: np.flatnonzero(groups.isin(out[k]).to_numpy()) for k in ("train", "val", "test")}

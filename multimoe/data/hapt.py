@@ -9,8 +9,8 @@ only, never the package's code or anything else the file might name.
 Samples: windows of 128 samples (2.56 s) with 50 % overlap (a stride of 64), the windowing of the UCI HAR dataset,
 inside each run of one activity (1-6); transitions and unlabelled stretches are left out. Modalities ``acc`` and
 ``gyro`` (3 channels each, no filtering); label ``activity``; the ``user`` column (1-30) groups the windows for a
-user-wise split (``multimoe.data.groups``): overlapping windows of one person are near copies, so a row-wise split
-would test on what training saw.
+user-wise split (``multimoe.data.groups``; the table names it as its group, so ``data.split=auto`` splits by user):
+overlapping windows of one person are near copies, so a row-wise split would test on what training saw.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def load(cfg: DataConfig) -> Table:
         m: SeriesSource.from_array(m, w.signals[m], rate=RATE, channels=[c.split("-")[1] for c in cols])
         for m, cols in SIGNALS.items()
     }
-    return Table(name="hapt", frame=frame, label="activity", modalities={}, sources=sources, source=f"{PACKAGE} HAPT")
+    return Table(name="hapt", frame=frame, label="activity", modalities={}, sources=sources, source=f"{PACKAGE} HAPT",
+                 group=GROUP)  # fmt: skip
 
 
 DATASET = BuiltinDataset(

@@ -4,7 +4,8 @@ five feature views as table columns (``mfeat``).
 The 240 pixel averages (0-6: each the count of ink pixels in a 2 x 3 window of the original 30 x 48 binary digit)
 are stored row by row, 15 values a row, the top row first; ``tests/test_data_kinds_datasets.py`` writes a few digits as
 PNG files to check the orientation by eye and checks it in code (ink in the top rows of a 7, the bottom row of a 2).
-Modalities: fou, fac, kar, zer, mor (columns), then pix (image, 1 x 16 x 15).
+Modalities in mfeat's order (the same combinations as mfeat's): fou, fac, kar (columns), pix (image, 1 x 16 x 15),
+zer, mor (columns).
 """
 
 from __future__ import annotations

@@ -1,22 +1,28 @@
-"""From a Table to train/validation/test tensors: seeded stratified split, masking, preprocessing fit on train only.
+"""From a Table to train/validation/test data: seeded split, masking, preprocessing fit on train only.
 
 Order of operations (every fitted statistic sees the training split only, under the training protocol):
 1. labels; rows without a label are dropped (counted in ``info``);
-2. natural presence: a modality whose every cell is empty is missing; a row with nothing present is an error;
-3. stratified train/validation/test split from the seed;
+2. natural presence, modalities in the table's order: a table modality whose every cell is empty is missing, a
+   source's (series, image, text, embedding) says itself which rows have it; a row with nothing present is an error;
+3. train/validation/test split from the seed (``data.split``): stratified by class over rows (70/15/15 by default),
+   or by group (whole groups of the table's group column, e.g. people: ``groups.split_groups``);
 4. the protocol's presence mask for every row (depends only on the seed);
-5. the preprocessor is fit on the training rows' present modalities: numeric columns are scaled, categorical ones
-   one-hot encoded with the training categories (a category unseen in training encodes as all zeros and is
-   counted); missing cells become 0 with a missing-cell mask;
-6. every row is transformed with the fitted preprocessor.
+5. the preprocessor is fit on the training rows' present table modalities: numeric columns are scaled, categorical
+   ones one-hot encoded with the training categories (a category unseen in training encodes as all zeros and is
+   counted); missing cells become 0 with a missing-cell mask; each source fits its own statistics (channel or pixel
+   means and deviations, time scale) on the training rows where the protocol keeps it;
+6. every row of the table modalities is transformed with the fitted preprocessor; sources make their tensors batch
+   by batch (``MultimodalData``).
 
-The preprocessor (``data/preprocess.py``) is also returned as JSON (``Splits.preprocessing``, written by ``train`` as
-the run folder's ``preprocess.json``), from which ``multimoe predict`` encodes new rows as the training rows were.
+The preprocessing is also returned as JSON (``Splits.preprocessing``, written by ``train`` as the run folder's
+``preprocess.json``: the preprocessor of ``data/preprocess.py``, the modality order and each source's spec entry and
+fitted state), from which ``multimoe predict`` encodes new rows as the training rows were.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import math
 
 import numpy as np
 import pandas as pd
@@ -26,24 +32,52 @@ from sklearn.model_selection import train_test_split
 
 from multimoe.config import DataConfig
 from multimoe.data.dataset import DataSchema, MultimodalData, Splits
-from multimoe.data.preprocess import PREPROCESS_FORMAT, Preprocessor, label_kind, label_text
+from multimoe.data.groups import split_groups
+from multimoe.data.kinds import KindShape
+from multimoe.data.preprocess import PREPROCESS_FORMAT, PREPROCESS_FORMAT_SOURCES, Preprocessor, label_kind, label_text
 from multimoe.data.protocols import apply_protocol
 from multimoe.data.table import Table
 from multimoe.errors import DataError
 
 
 def natural_presence(table: Table) -> np.ndarray:
-    """N x M: a modality is present in a row unless every one of its cells is empty; a row with nothing present
-    is an error naming it."""
-    cols = [table.frame[c].notna().to_numpy() for c in table.modalities.values()]
-    natural_NM = np.stack([np.asarray(c).reshape(len(table.frame), -1).any(axis=1) for c in cols], axis=1)
+    """N x M, modalities in ``table.order``: a table modality is present in a row unless every one of its cells is
+    empty; a source says which rows have it (an empty path or text, an all-NaN embedding, a series without a value
+    are absent); a row with nothing present is an error naming it."""
+    N = len(table.frame)
+    cols = [
+        table.sources[m].presence() if m in table.sources else table.frame[table.modalities[m]].notna().to_numpy()
+        for m in table.order
+    ]
+    natural_NM = np.stack([np.asarray(c).reshape(N, -1).any(axis=1) for c in cols], axis=1)
     empty = np.flatnonzero(~natural_NM.any(axis=1))
     if empty.size:
+        what = "every column of every modality is empty" if not table.sources else "no modality has a value"
         raise DataError(
-            f"{table.row_name(int(empty[0]))}{table.where} has no present modality: every column of every modality "
-            f"is empty ({empty.size} such rows). Drop these rows or give them at least one observed value"
+            f"{table.row_name(int(empty[0]))}{table.where} has no present modality: {what} ({empty.size} such rows). "
+            "Drop these rows or give them at least one observed value"
         )
     return natural_NM
+
+
+def split(table: Table, labels: np.ndarray, cfg: DataConfig, seed: int, test_fraction: float,
+          where: str = "") -> dict[str, np.ndarray]:  # fmt: skip
+    """The rows of train / val / test by ``cfg.split``: ``stratified`` (``split_rows``), ``group`` (whole groups of
+    the table's group column, ``split_groups``), or ``auto``: by group when the table names a group column."""
+    how = cfg.split if cfg.split != "auto" else ("group" if table.group else "stratified")
+    if how == "stratified":
+        return split_rows(labels, seed, cfg.val_fraction, test_fraction, where)
+    if table.group is None:
+        raise DataError(
+            f"data.split=group needs a group column{table.where}: name it in the table spec (group: <column>) or "
+            "with Table(group=...); or use data.split=stratified"
+        )
+    rows = split_groups(table.frame[table.group].to_numpy(), seed, cfg.val_fraction, test_fraction,
+                        f" '{table.group}'{table.where}")  # fmt: skip
+    for name in ("train", "val", "test"):
+        if rows[name].size == 0:
+            raise DataError(f"the split by group '{table.group}'{table.where} leaves the {name} split empty")
+    return rows
 
 
 def split_rows(
@@ -80,11 +114,11 @@ def split_rows(
 
 
 def _labelled(table: Table) -> tuple[Table, int]:
-    """The table without rows whose label is empty, and how many were dropped."""
+    """The table without rows whose label is empty (sources included), and how many were dropped."""
     keep = table.frame[table.label].notna().to_numpy()
     dropped = int((~keep).sum())
     if dropped:  # the original index keeps naming rows in messages
-        table = dataclasses.replace(table, frame=table.frame.loc[keep])
+        table = table.subset(np.flatnonzero(keep))
     if len(table.frame) == 0:
         raise DataError(f"no labelled rows{table.where}: every value of the label column '{table.label}' is empty")
     return table, dropped
@@ -117,35 +151,36 @@ def prepare(
     while the preprocessing stays fit under the training protocol ``cfg.missing``. ``test_split=False`` keeps no
     test rows (the scikit-learn estimator: its caller holds the test data); the test split is then the validation
     split. ``Splits.preprocessing`` is the fitted preprocessing as JSON (the run folder's preprocess.json)."""
-    if table.sources:  # multimoe.data.kinds: sources are built and tested, training on them is not wired yet
-        kinds = ", ".join(f"{m} ({s.kind})" for m, s in table.sources.items())
-        raise DataError(
-            f"{table.name}: the modalities {kinds} are not tables of columns; training on series, image, text and "
-            "embedding modalities is not supported yet"
-        )
     table, dropped = _labelled(table)
     labels_text = label_text(table.frame[table.label])
     natural_NM = natural_presence(table)
     where = f"{table.where} (label '{table.label}'{f'; {dropped} rows without a label dropped' if dropped else ''})"
-    rows = split_rows(labels_text, seed, cfg.val_fraction, cfg.test_fraction if test_split else 0.0, where)
+    rows = split(table, labels_text, cfg, seed, cfg.test_fraction if test_split else 0.0, where)
     classes, labels_N = _classes(table, labels_text, rows)
 
     fit_NM = apply_protocol(natural_NM, cfg.missing, seed)
     eval_NM = fit_NM if eval_missing is None else apply_protocol(natural_NM, eval_missing, seed)
-    pre = Preprocessor(table, cfg.scaler).fit(rows["train"], fit_NM)
+    column = {m: i for i, m in enumerate(table.order)}  # a modality's column of the presence masks
+    pre = Preprocessor(table, cfg.scaler).fit(rows["train"], fit_NM[:, [column[m] for m in table.modalities]])
     values, missing = pre.transform(np.arange(len(table.frame)))
     names = pre.feature_names()
-    schema = DataSchema(tuple(table.modalities), tuple(len(names[m]) for m in table.modalities), tuple(classes))
+    sources = {m: _fit_source(table, m, rows["train"], fit_NM[:, column[m]]) for m in table.sources}
+    inputs = tuple(
+        sources[m].input_shape() if m in sources else KindShape("table", (len(names[m]),)) for m in table.order
+    )
+    features = tuple(math.prod(s.shape) for s in inputs)
+    schema = DataSchema(tuple(table.order), features, tuple(classes), inputs)
 
     def make(split: str, present_NM: np.ndarray) -> MultimodalData:
         r = rows[split]
         return MultimodalData(
             schema=schema,
-            values={m: torch.from_numpy(values[m][r]) for m in schema.modalities},
-            cell_missing={m: torch.from_numpy(missing[m][r]) for m in schema.modalities},
+            values={m: torch.from_numpy(values[m][r]) for m in table.modalities},
+            cell_missing={m: torch.from_numpy(missing[m][r]) for m in table.modalities},
             present_NM=torch.from_numpy(present_NM[r]),
             labels_N=torch.from_numpy(labels_N[r]),
             rows_N=r,
+            sources=sources,
         )
 
     info = {
@@ -158,21 +193,36 @@ def prepare(
         "feature_names": names,
     }
     preprocessing = {
-        "format": PREPROCESS_FORMAT,
+        "format": PREPROCESS_FORMAT if not sources else PREPROCESS_FORMAT_SOURCES,
         "label": table.label,
         "label_kind": label_kind(table.frame[table.label]),
         "classes": classes,
         **pre.to_dict(),
         "scikit_learn": sklearn.__version__,
     }
+    if sources:  # the model's modality order, and what each source learned (multimoe predict rebuilds them)
+        preprocessing["order"] = list(table.order)
+        preprocessing["sources"] = {m: s.state() for m, s in sources.items()}
     splits = Splits(make("train", fit_NM), make("val", eval_NM), make("test", eval_NM), natural_NM, rows, info)
     splits.preprocessing = preprocessing
     return splits
 
 
+def _fit_source(table: Table, modality: str, train_rows: np.ndarray, present_N: np.ndarray):
+    """A copy of the table's source (the table's own stays as it was) fit on the training rows where the training
+    protocol keeps it; an error when it is never present there."""
+    if not present_N[train_rows].any():
+        raise DataError(
+            f"modality '{modality}' ({table.kind(modality)}){table.where} is never present in the training split "
+            f"(present in {int(present_N.sum())} of {len(present_N)} rows in all): nothing to learn it from; drop "
+            "the modality or give more rows a value"
+        )
+    return copy.copy(table.sources[modality]).fit(train_rows, present_N)
+
+
 def _count_unknown(pre: Preprocessor, table: Table, rows: dict, present_NM: np.ndarray) -> dict[str, dict[str, int]]:
     """Per split and column: present cells whose category training never saw (encoded as all zeros)."""
-    mod_of = {c: m for m, cols in enumerate(table.modalities.values()) for c in cols}
+    mod_of = {c: table.order.index(m) for m, cols in table.modalities.items() for c in cols}
     out: dict[str, dict[str, int]] = {}
     for split in ("val", "test"):
         r = rows[split]

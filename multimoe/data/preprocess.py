@@ -30,6 +30,7 @@ from multimoe.data.table import Table
 from multimoe.errors import DataError
 
 PREPROCESS_FORMAT = 1  # version of the preprocessing's JSON form (Preprocessor.to_dict plus label and classes)
+PREPROCESS_FORMAT_SOURCES = 2  # the same plus ``order`` and ``sources`` (data/prepare.py): older versions refuse it
 
 
 def _numeric(series: pd.Series, column: str, where: str, row_name: Callable[[int], str]) -> np.ndarray | None:
@@ -214,14 +215,17 @@ class Preprocessor:
         )
         return values, missing
 
-    def transform_frame(self, frame: pd.DataFrame, where: str = "") -> Encoded:
+    def transform_frame(
+        self, frame: pd.DataFrame, where: str = "", present_elsewhere: np.ndarray | None = None
+    ) -> Encoded:
         """Encode the rows of ``frame`` (new data with the training columns; the label is not needed) as the
         training rows were: the same scaling and categories; a modality is present in a row unless all its cells
         are empty, and one whose columns are absent from ``frame`` is missing in every row; a column absent from
         ``frame`` whose modality has other columns counts as empty cells. A category training never saw encodes
         as all zeros and is flagged in ``unknown``; categories read as other number formats ("1.0" for "1") match.
         Rows are named by ``frame``'s index (for a file: from 0 after the header); a row with no modality, or text
-        in a numeric column, is a DataError naming it."""
+        in a numeric column, is a DataError naming it; ``present_elsewhere`` (N bool) marks rows that have a modality
+        of another kind (``multimoe.data.kinds``)."""
         n = len(frame)
 
         def row_name(pos: int) -> str:
@@ -237,7 +241,7 @@ class Preprocessor:
             columns = [c.column for c in coders if c.column in frame.columns]
             present.append(frame[columns].notna().to_numpy().any(axis=1) if columns else np.zeros(n, dtype=bool))
         present_NM = np.stack(present, axis=1) if present else np.zeros((n, 0), dtype=bool)
-        empty = np.flatnonzero(~present_NM.any(axis=1))
+        empty = np.flatnonzero(~present_NM.any(axis=1) & (True if present_elsewhere is None else ~present_elsewhere))
         if empty.size:
             raise DataError(
                 f"{row_name(int(empty[0]))}{where} has no present modality: every column of every modality is empty "

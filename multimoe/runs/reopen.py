@@ -94,6 +94,7 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None, table: Tab
         )
     table = table if table is not None else build_table(cfg.data)
     splits = prepare(table, cfg.data, cfg.seed, eval_missing=eval_missing)
+    splits.set_workers(int(t.get("workers", cfg.train.workers)))
     if splits.schema != model.schema:
         raise CheckpointError(f"the data no longer match run {folder.path}: {splits.schema} vs {model.schema}")
     if isinstance(model, torch.nn.Module):

@@ -53,6 +53,7 @@ class ModalitySource:
         self.name = str(name)
         self.index = np.arange(rows) if index is None else np.asarray(index)  # row labels, for messages
         self.where = where  # " in <file>", for messages
+        self.entry: dict | None = None  # the spec entry it was built from (build_source); None when built in Python
         if len(self.index) != rows:
             raise ValueError(f"{len(self.index)} row labels for {rows} rows")
 
@@ -81,6 +82,24 @@ class ModalitySource:
     def batch(self, rows: np.ndarray, keep: np.ndarray | None = None) -> tuple[Any, Any]:
         """``(x, missing)`` of ``rows``; rows with ``keep`` False (a protocol hid the modality) are not read."""
         raise NotImplementedError
+
+    def state(self) -> dict:
+        """JSON for the run's preprocess.json: the kind, the spec entry (None when built in Python), the input shape,
+        and what ``fit`` learned (``fitted``), from which ``multimoe predict`` reads new rows as the training rows."""
+        return {"kind": self.kind, "entry": self.entry, "shape": self.input_shape().to_dict(), **self.fitted()}
+
+    def fitted(self) -> dict:
+        """What ``fit`` learned, and what fixes the input shape, as JSON (``load_fitted`` reads it back)."""
+        return {}
+
+    def load_fitted(self, state: dict) -> ModalitySource:
+        """Take over a fitted state (``fitted``, from training) instead of fitting. Returns self."""
+        return self
+
+    @classmethod
+    def entry_for_new_rows(cls, entry: dict, state: dict) -> dict:
+        """A spec entry for new rows with what must match training taken from its state (sizes, channels, steps)."""
+        return dict(entry)
 
     def describe(self) -> str:
         """One line for ``multimoe datasets``: kind and shape."""

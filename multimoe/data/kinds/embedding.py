@@ -84,6 +84,14 @@ class EmbeddingSource(ModalitySource):
     def input_shape(self) -> KindShape:
         return KindShape(self.kind, (self.values_NF.shape[1],))
 
+    def fitted(self) -> dict:
+        return {"mean": self.mean_F.tolist(), "std": self.std_F.tolist()}
+
+    def load_fitted(self, state: dict) -> EmbeddingSource:
+        self.mean_F = np.asarray(state["mean"], dtype=np.float32)
+        self.std_F = np.asarray(state["std"], dtype=np.float32)
+        return self
+
     def batch(self, rows: np.ndarray, keep: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         rows, read = self._rows_and_keep(rows, keep)
         x_BF = (self.values_NF[rows] - self.mean_F) / self.std_F

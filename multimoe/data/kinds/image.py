@@ -58,7 +58,7 @@ class ImageSource(ModalitySource):
             first = self.array[0]
         else:
             self.paths, self.present_N = self._check_paths(list(paths), missing_file)
-            if not self.present_N.any():
+            if not self.present_N.any() and (channels is None or size is None):  # nothing to learn them from
                 raise DataError(f"{self.label()}: no row has an image")
             first = None
         self.channels = channels
@@ -214,6 +214,20 @@ class ImageSource(ModalitySource):
 
     def input_shape(self) -> KindShape:
         return KindShape(self.kind, (self.channels, *self.size))
+
+    def fitted(self) -> dict:
+        return {"channels": self.channels, "size": list(self.size), "mean": self.mean_V.tolist(),
+                "std": self.std_V.tolist()}  # fmt: skip
+
+    def load_fitted(self, state: dict) -> ImageSource:
+        self.mean_V = np.asarray(state["mean"], dtype=np.float32)
+        self.std_V = np.asarray(state["std"], dtype=np.float32)
+        return self
+
+    @classmethod
+    def entry_for_new_rows(cls, entry: dict, state: dict) -> dict:
+        """The training size and channels: new images are resized and converted as the training ones were."""
+        return {**entry, "size": list(state["size"]), "channels": int(state["channels"])}
 
     def describe(self) -> str:
         source = "files" if self.paths is not None else "in memory"

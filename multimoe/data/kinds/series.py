@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from multimoe.data.frames import read_frame
 from multimoe.data.kinds.base import (
     KindShape,
     ModalitySource,
@@ -261,6 +262,25 @@ class SeriesSource(ModalitySource):
     def input_shape(self) -> KindShape:
         return KindShape(self.kind, (len(self.channels), self.steps))
 
+    def fitted(self) -> dict:
+        return {"channels": self.channels, "steps": self.steps, "mean": self.mean_V.tolist(),
+                "std": self.std_V.tolist(), "time_scale": self.time_scale}  # fmt: skip
+
+    def load_fitted(self, state: dict) -> SeriesSource:
+        self.mean_V = np.asarray(state["mean"], dtype=np.float32)
+        self.std_V = np.asarray(state["std"], dtype=np.float32)
+        self.time_scale = float(state["time_scale"])
+        return self
+
+    @classmethod
+    def entry_for_new_rows(cls, entry: dict, state: dict) -> dict:
+        """The training channels (another channel in a long table is an error naming it) and, for a long table,
+        the training grid length (a longer grid keeps its last steps)."""
+        entry = {**entry, "channels": list(state["channels"])}
+        if "table" in entry:
+            entry["steps"] = int(state["steps"])
+        return entry
+
     def describe(self) -> str:
         form = "long table" if self.ptr is not None else "array"
         return f"series, {len(self.channels)} channels x {self.steps} steps ({form})"
@@ -324,11 +344,4 @@ def _times(column: pd.Series, label: str) -> np.ndarray:
 
 def _read_long(path: Path, label: str) -> pd.DataFrame:
     """The long table (CSV, TSV or Parquet); data lines count from 0 after the header."""
-    if not path.is_file():
-        raise DataError(f"{label}: the series table {path} does not exist")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    except Exception as e:  # pandas and pyarrow raise many parser error types
-        raise DataError(f"{label}: cannot read the series table {path} ({type(e).__name__}: {e})") from None
+    return read_frame(path, f"{label}: the series table")

@@ -125,13 +125,21 @@ class TextSource(ModalitySource):
     def input_shape(self) -> KindShape:
         return KindShape(self.kind, (self.width,), vocab=self.buckets + 1)
 
+    def fitted(self) -> dict:
+        return {"width": self.width}
+
+    def load_fitted(self, state: dict) -> TextSource:
+        """The training width W: a longer text of new rows keeps its first W ids."""
+        self.width = int(state["width"])
+        return self
+
     def describe(self) -> str:
         return f"text, {self.ngrams}-gram ids hashed into {self.buckets} buckets, up to {self.width} per row"
 
     def batch(self, rows: np.ndarray, keep: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         rows, read = self._rows_and_keep(rows, keep)
         starts = np.concatenate([[0], np.cumsum(self.lengths_N)[:-1]]).astype(np.int64)
-        lengths = np.where(read, self.lengths_N[rows], 0)
+        lengths = np.where(read, np.minimum(self.lengths_N[rows], self.width), 0)
         ids_BW = np.zeros((len(rows), self.width), dtype=np.int64)
         filled_BW = np.arange(self.width)[None, :] < lengths[:, None]
         ids_BW[filled_BW] = self.ids[ranges(starts[rows], lengths)]
