@@ -82,6 +82,9 @@ class MoEConfig:
     # expert and gate init: torch (nn.Linear's) | fastmoe (the public code's library: FMoELinear.reset_parameters
     # U(+-1/sqrt(in*out)) with zero biases, NoisyGate.reset_parameters U(+-1/sqrt(E)))
     init: Literal["torch", "fastmoe"] = "torch"
+    # under torchrun: shard the experts across the processes, tokens exchanged by all_to_all
+    # (multimoe/expert_parallel.py); outputs and gradients equal the one-process layer's; ignored in one process
+    expert_parallel: bool = False
 
 
 @dataclass
@@ -338,6 +341,7 @@ ADDED_KEYS = (
     "train.order_ties",
     "train.class_weights",
     "train.carry_val_gate_loss",
+    "model.moe.expert_parallel",
 )
 
 
