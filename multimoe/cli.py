@@ -3,10 +3,10 @@ library functions.
 
 Nothing heavy loads before the arguments are parsed (the parts of the library that load torch, pandas or
 scikit-learn are imported inside the command that needs them), so ``--help`` and ``list`` answer at once. The last
-line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics; ``report``
-prints one with ``run_dir`` and ``report`` (the HTML page); ``predict`` one with ``predictions``, ``rows`` and
-``by_combination``; ``export`` one with ``model`` and ``bytes``. Errors a user can fix print one ``error:`` line and
-exit with status 2.
+line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics (and, for a
+``train`` under torchrun, ``world_size``: rank 0 alone prints); ``report`` prints one with ``run_dir`` and
+``report`` (the HTML page); ``predict`` one with ``predictions``, ``rows`` and ``by_combination``; ``export`` one
+with ``model`` and ``bytes``. Errors a user can fix print one ``error:`` line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def _final_line(run_dir: str, test: dict, **extra) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from multimoe import distributed
     from multimoe.evaluate import format_results
     from multimoe.train import train
 
@@ -42,10 +43,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif config is None:
         raise ConfigError("train needs a CONFIG (a preset such as configs/flexmoe.yaml) or --resume RUN_DIR")
     cfg = load_config(config, overrides)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group
+    if result.rank:  # under torchrun rank 0 alone reports
+        return
     print(f"best epoch {result.best_epoch} of {result.summary['epochs_run']}, run folder {result.run_dir}")
     print(format_results(result.test, f"test ({cfg.data.missing})"))
-    print(_final_line(str(result.run_dir), result.test, best_epoch=result.best_epoch))
+    extra = {"world_size": result.world_size} if result.world_size > 1 else {}
+    print(_final_line(str(result.run_dir), result.test, best_epoch=result.best_epoch, **extra))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -135,6 +135,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     compile: bool = False  # torch.compile the model's forward (training and evaluation); the MoE engine stays eager
     progress: bool = True  # show a progress bar on stderr
+    dist_timeout: float = 300.0  # under torchrun: seconds a collective may wait for the other processes, then fail
     resume: str | None = None  # run folder to continue from its last completed epoch (same config; runs/resume.py)
 
 
@@ -446,5 +447,6 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{k}", getattr(t, k))
     for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads"):
         _positive(f"train.{k}", getattr(t, k), allow_zero=True)
+    _positive("train.dist_timeout", t.dist_timeout)
     _fraction("train.modality_dropout", t.modality_dropout, 0, 1)
     check_device_name(t.device)

@@ -35,6 +35,7 @@ RESULT_NEUTRAL = (
     "train.threads",
     "train.compile",
     "train.eval_batch_size",
+    "train.dist_timeout",
 )
 
 
