@@ -129,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     sweep = load_sweep(args.sweep)
     out = Path(args.out)
     if not args.render_only:
-        run_sweep(sweep, out, jobs=args.jobs, threads=args.threads)
+        run_sweep(sweep, out, jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address)
     command = " ".join(["multimoe bench", args.sweep] + [a for a in sys.argv[3:] if not a.startswith("--render")])
     readme = render(sweep, out, command=command)
     keys = {c["key"] for c in sweep.cells()}
@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="results folder: cells.jsonl store, <sweep name>/ tables")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    where = "where cells run: local worker processes, or Ray tasks (pip install 'multimoe[ray]')"
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help=where)
+    p.add_argument("--address", help="with --executor ray: the cluster (e.g. auto, HOST:6379); default a local Ray")
     p.add_argument("--render-only", action="store_true", help="only re-render tables and plots from cells.jsonl")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="write a run's routing report (HTML + PNG figures) from its test split")
