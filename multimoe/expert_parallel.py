@@ -26,6 +26,7 @@ global batch mean. Expert shards are left out of DDP (nothing to average: each l
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,10 @@ from torch import Tensor, nn
 
 from multimoe.dispatch import expert_capacity, plan_dispatch
 from multimoe.moe import MoE, expert_ffn
+
+# torch 2.13 marks the differentiable exchange deprecated in favour of a private module (_functional_collectives);
+# the public one stays until a public successor exists
+warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_to_all_single is deprecated", FutureWarning)
 
 EXPERT_WEIGHTS = ("w1_EDH", "b1_EH", "w2_EHD", "b2_ED")  # the parameters of an MoE layer stacked by expert
 
