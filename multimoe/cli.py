@@ -3,10 +3,10 @@ library functions.
 
 Nothing heavy loads before the arguments are parsed (the parts of the library that load torch, pandas or
 scikit-learn are imported inside the command that needs them), so ``--help`` and ``list`` answer at once. The last
-line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics; ``report``
-prints one with ``run_dir`` and ``report`` (the HTML page); ``predict`` one with ``predictions``, ``rows`` and
-``by_combination``; ``export`` one with ``model`` and ``bytes``. Errors a user can fix print one ``error:`` line and
-exit with status 2.
+line ``train`` and ``eval`` print on stdout is one JSON object with ``run_dir`` and ``test`` metrics (and, for a
+``train`` under torchrun, ``world_size``: rank 0 alone prints); ``report`` prints one with ``run_dir`` and
+``report`` (the HTML page); ``predict`` one with ``predictions``, ``rows`` and ``by_combination``; ``export`` one
+with ``model`` and ``bytes``. Errors a user can fix print one ``error:`` line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def _final_line(run_dir: str, test: dict, **extra) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from multimoe import distributed
     from multimoe.evaluate import format_results
     from multimoe.train import train
 
@@ -42,10 +43,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif config is None:
         raise ConfigError("train needs a CONFIG (a preset such as configs/flexmoe.yaml) or --resume RUN_DIR")
     cfg = load_config(config, overrides)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group
+    if result.rank:  # under torchrun rank 0 alone reports
+        return
     print(f"best epoch {result.best_epoch} of {result.summary['epochs_run']}, run folder {result.run_dir}")
     print(format_results(result.test, f"test ({cfg.data.missing})"))
-    print(_final_line(str(result.run_dir), result.test, best_epoch=result.best_epoch))
+    extra = {"world_size": result.world_size} if result.world_size > 1 else {}
+    print(_final_line(str(result.run_dir), result.test, best_epoch=result.best_epoch, **extra))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -122,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     sweep = load_sweep(args.sweep)
     out = Path(args.out)
     if not args.render_only:
-        run_sweep(sweep, out, jobs=args.jobs, threads=args.threads)
+        run_sweep(sweep, out, jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address)
     command = " ".join(["multimoe bench", args.sweep] + [a for a in sys.argv[3:] if not a.startswith("--render")])
     readme = render(sweep, out, command=command)
     keys = {c["key"] for c in sweep.cells()}
@@ -167,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="results folder: cells.jsonl store, <sweep name>/ tables")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    where = "where cells run: local worker processes, or Ray tasks (pip install 'multimoe[ray]')"
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help=where)
+    p.add_argument("--address", help="with --executor ray: the cluster (e.g. auto, HOST:6379); default a local Ray")
     p.add_argument("--render-only", action="store_true", help="only re-render tables and plots from cells.jsonl")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="write a run's routing report (HTML + PNG figures) from its test split")

@@ -88,6 +88,9 @@ class MoEConfig:
     # expert and gate init: torch (nn.Linear's) | fastmoe (the public code's library: FMoELinear.reset_parameters
     # U(+-1/sqrt(in*out)) with zero biases, NoisyGate.reset_parameters U(+-1/sqrt(E)))
     init: Literal["torch", "fastmoe"] = "torch"
+    # under torchrun: shard the experts across the processes, tokens exchanged by all_to_all
+    # (multimoe/expert_parallel.py); outputs and gradients equal the one-process layer's; ignored in one process
+    expert_parallel: bool = False
 
 
 @dataclass
@@ -145,6 +148,7 @@ class TrainConfig:
     workers: int = 0
     compile: bool = False  # torch.compile the model's forward (training and evaluation); the MoE engine stays eager
     progress: bool = True  # show a progress bar on stderr
+    dist_timeout: float = 300.0  # under torchrun: seconds a collective may wait for the other processes, then fail
     resume: str | None = None  # run folder to continue from its last completed epoch (same config; runs/resume.py)
 
 
@@ -357,6 +361,7 @@ ADDED_KEYS = (
     "model.encoder.text",
     "model.baseline_series",
     "model.baseline_image",
+    "model.moe.expert_parallel",
 )
 
 
@@ -461,5 +466,6 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{k}", getattr(t, k))
     for k in ("warmup_epochs", "weight_decay", "gate_loss_weight", "grad_clip", "patience", "threads", "workers"):
         _positive(f"train.{k}", getattr(t, k), allow_zero=True)
+    _positive("train.dist_timeout", t.dist_timeout)
     _fraction("train.modality_dropout", t.modality_dropout, 0, 1)
     check_device_name(t.device)

@@ -27,6 +27,10 @@ class NonFiniteError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient; the message names the epoch and step."""
 
 
+class DistributedError(RuntimeError):
+    """A process of a distributed run failed or stopped answering; the message names the rank that saw it."""
+
+
 def optional_import(module: str, extra: str, what: str):
     """An optional dependency, or a ConfigError saying what to install."""
     try:
@@ -38,4 +42,4 @@ def optional_import(module: str, extra: str, what: str):
         ) from None
 
 
-USER_ERRORS = (ConfigError, DataError, DataPackageMissing, CheckpointError, NonFiniteError)
+USER_ERRORS = (ConfigError, DataError, DataPackageMissing, CheckpointError, NonFiniteError, DistributedError)

@@ -112,3 +112,11 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return b""
+
+
+def test_ray_executor_without_ray_says_what_to_install(sweep_file, tmp_path, monkeypatch):
+    from multimoe.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'multimoe\[ray\]'"):
+        run_sweep(load_sweep(sweep_file), tmp_path, progress=False, executor="ray")

@@ -59,6 +59,20 @@ def test_train_throughput_benchmark_ends_with_the_ratio():
     assert 0 < spread["min"] <= spread["max"]
 
 
+@pytest.mark.slow  # two spawned processes, five variants: ~1 min on 2 shared cores
+def test_scaling_benchmark_ends_with_the_efficiencies():
+    tiny = ["data.name=synthetic", "data.synthetic.samples=200", "model.dim=16", "model.tokens=2"]
+    result = last_json(run("scaling.py", "--steps", "2", "--rounds", "3", *tiny))
+    rate = result["samples_per_second"]
+    assert set(rate) == {"1 process", "DP, global B", "DP, global 2B", "DP without all-reduce", "EP, global B"}
+    assert min(rate.values()) > 0 and set(result["efficiency"]) == {"DP, global B", "DP, global 2B", "EP, global B"}
+    one = rate["1 process"]
+    assert result["efficiency"]["DP, global B"] == pytest.approx(rate["DP, global B"] / (2 * one), abs=1e-3)
+    low, high = result["efficiency_per_round"]["DP, global B"]
+    assert 0 < low <= high
+    assert 0 <= result["communication_share"]["ep_all_to_all"] <= 1
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -68,6 +82,7 @@ def test_train_throughput_benchmark_ends_with_the_ratio():
         ("moe_layer.py", ["--shape", "4,2,16,32"], "E,k,D,H,T"),
         ("train_throughput.py", ["--epochs", "2"], "at least 5 epochs"),
         ("predict.py", ["--reps", "3"], "at least 5 repetitions"),
+        ("scaling.py", ["--rounds", "2"], "at least 1 step and 3 rounds"),
     ],
 )
 def test_benchmarks_reject_bad_arguments(script, args, message):

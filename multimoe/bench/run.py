@@ -1,5 +1,11 @@
 """Running a sweep: every cell not yet in the store, in fresh worker processes (one per core by default, one torch
-thread each); the bench process alone appends finished cells to the store."""
+thread each) or as tasks on a Ray cluster (``executor="ray"``); the bench process alone appends finished cells to the
+store, so the store keeps one writer whichever runs the cells.
+
+On Ray each cell is one task asking for ``threads`` CPUs (and one GPU when the sweep's overrides put the cell on
+CUDA). Ray runs a task again when its worker dies mid-cell (``max_retries``), so a lost worker costs that cell's
+time and nothing else; a cell that raises is recorded as an error, as in the local pool. A killed bench takes its
+tasks with it (Ray cancels a dead driver's tasks), and the restart runs the cells not yet stored."""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from multimoe.bench.store import STORE_VERSION, append_cell, log_session, read_cells
 from multimoe.bench.sweep import Sweep, yaml_scalar
+from multimoe.config import ConfigError
 from multimoe.process import die_with_parent
 from multimoe.registry import load_config
 
@@ -63,8 +72,16 @@ def _brief(metrics: dict) -> str:
     return f"acc {metrics['accuracy']:.3f} auc {auc}"
 
 
-def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int = 1, progress: bool = True) -> Path:
-    """Run every cell of ``sweep`` not yet in ``<results_dir>/cells.jsonl``; returns that file. Restartable."""
+EXECUTORS = ("local", "ray")  # where cells run: a local process pool | tasks on a Ray cluster (the ray extra)
+
+
+def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int = 1, progress: bool = True,
+              executor: str = "local", address: str | None = None) -> Path:  # fmt: skip
+    """Run every cell of ``sweep`` not yet in ``<results_dir>/cells.jsonl``; returns that file. Restartable.
+    ``executor``: ``local`` (``jobs`` worker processes, default one per core) or ``ray`` (the cluster at
+    ``address``, or a local Ray instance of ``jobs`` CPUs when None)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     results_dir = Path(results_dir)
     out_dir = results_dir / sweep.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,20 +95,17 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
     runs_dir = str(results_dir / "runs")
     done_now = 0
     if todo:
-        ctx = multiprocessing.get_context("spawn")
-        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per cell
-        pool_args = dict(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=die_with_parent, **fresh)
-        with ProcessPoolExecutor(**pool_args) as pool:
+        pool = _local_pool(min(jobs, len(todo))) if executor == "local" else _ray_pool(address, jobs)
+        with pool as (submit, finished):
             pending = {}
             for cell in todo:
                 preset, over = sweep.cell_overrides(cell)
-                fut = pool.submit(run_cell, preset, over, runs_dir, threads, sweep.per_combination)
-                pending[fut] = cell
+                gpus = 1 if str(over.get("train.device", "")).startswith("cuda") else 0
+                pending[submit(preset, over, runs_dir, threads, sweep.per_combination, gpus)] = cell
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    cell = pending.pop(fut)
-                    record = {**cell, **fut.result(), "store_version": STORE_VERSION}
+                for handle, outcome in finished(list(pending)):
+                    cell = pending.pop(handle)
+                    record = {**cell, **outcome, "store_version": STORE_VERSION}
                     append_cell(results, record)
                     done_now += 1
                     log_session(out_dir, started, done_now, jobs)  # a killed session still counts its time
@@ -103,3 +117,61 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
     bar.close()
     log_session(out_dir, started, done_now, jobs)
     return results
+
+
+# An executor: ``submit(preset, overrides, out_dir, threads, per_combination, gpus)`` starts ``run_cell`` and returns a
+# handle; ``finished(handles)`` waits for at least one and returns (handle, record) for each that has finished.
+Pool = tuple[Callable[..., object], Callable[[list], list[tuple[object, dict]]]]
+
+
+@contextmanager
+def _local_pool(workers: int) -> Iterator[Pool]:
+    """A fresh spawned process per cell, dying with the bench."""
+    ctx = multiprocessing.get_context("spawn")
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per cell
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent, **fresh) as pool:
+
+        def submit(preset, over, runs_dir, threads, per_combination, gpus):
+            return pool.submit(run_cell, preset, over, runs_dir, threads, per_combination)
+
+        def finished(handles):
+            done, _ = wait(handles, return_when=FIRST_COMPLETED)
+            return [(fut, fut.result()) for fut in done]
+
+        yield submit, finished
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--executor ray needs the package ray, which is not installed: pip install 'multimoe[ray]'"
+        ) from None
+    return ray
+
+
+@contextmanager
+def _ray_pool(address: str | None, cpus: int) -> Iterator[Pool]:
+    """Tasks on the Ray cluster at ``address`` (a local instance of ``cpus`` CPUs when None); this process stays
+    the driver that records the cells."""
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        local = {"num_cpus": cpus} if address is None else {}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    task = ray.remote(max_retries=3)(run_cell)  # a worker lost mid-cell: the cell runs again
+    try:
+
+        def submit(preset, over, runs_dir, threads, per_combination, gpus):
+            options = task.options(num_cpus=threads, num_gpus=gpus)
+            return options.remote(preset, over, runs_dir, threads, per_combination)
+
+        def finished(handles):
+            done, _ = ray.wait(handles, num_returns=1)
+            return [(ref, ray.get(ref)) for ref in done]
+
+        yield submit, finished
+    finally:
+        if started:
+            ray.shutdown()

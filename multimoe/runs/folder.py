@@ -36,6 +36,7 @@ RESULT_NEUTRAL = (
     "train.compile",
     "train.eval_batch_size",
     "train.workers",
+    "train.dist_timeout",
 )
 
 
