@@ -205,7 +205,8 @@ def format_results(result: dict, title: str = "test") -> str:
     o = result["overall"]
     lines = [
         f"{title}: accuracy {_fmt(o['accuracy'])}  macro-F1 {_fmt(o['f1'])}  AUC {_fmt(o['auc'])}  "
-        + ("" if "brier" not in o else f"Brier {_fmt(o['brier'])}  ECE {_fmt(o['ece'])}  ")  # runs saved before calibration was measured
+        # runs saved before calibration was measured have no Brier score
+        + ("" if "brier" not in o else f"Brier {_fmt(o['brier'])}  ECE {_fmt(o['ece'])}  ")
         + f"(n={o['n']})",
         f"{'observed modalities':>20} {'n':>6} {'accuracy':>9} {'F1':>7} {'AUC':>7}",
     ]
