@@ -40,7 +40,7 @@ class SyntheticConfig:
 class DataConfig:
     name: str = "synthetic"  # built-in dataset (registry; `multimoe list datasets`); ignored when `spec` is set
     spec: str | None = None  # YAML file describing the user's own table (path, label, modalities, categorical)
-    missing: str = "natural"  # missingness protocol: natural | mcar:R (R in [0, 1)); see parse_missing
+    missing: str = "natural"  # missingness protocol: natural | mcar:R | cpm:R (R in [0, 1)); see parse_missing
     label: str | None = None  # label column for datasets that offer several (support2: hospdead | death | dzclass)
     scaler: Literal["standard", "quantile"] = "standard"  # numeric scaling fit on the training split
     # train/validation/test split: stratified (rows, by class) | group (whole groups of the table's group column,
@@ -397,21 +397,22 @@ def replace(cfg: Config, overrides: list[str] | dict) -> Config:
 # ---------------------------------------------------------------------------------------------------------------
 # Values that the types above cannot express: protocols, ranges, device names, combinations of settings
 
-MISSING_HELP = "natural or mcar:R with R in [0, 1), e.g. mcar:0.3"
+MISSING_HELP = "natural, mcar:R or cpm:R with R in [0, 1), e.g. mcar:0.3"
 
 
 def parse_missing(spec: str) -> tuple[str, float]:
-    """A missingness protocol (DATASETS.md): ``"natural"`` -> ("natural", 0.0); ``"mcar:0.3"`` -> ("mcar", 0.3)."""
+    """A missingness protocol (DATASETS.md, data/protocols.py): ``"natural"`` -> ("natural", 0.0); ``"mcar:0.3"`` ->
+    ("mcar", 0.3); ``"cpm:0.5"`` -> ("cpm", 0.5)."""
     if spec == "natural":
         return "natural", 0.0
     kind, _, rate = spec.partition(":")
-    if kind == "mcar" and rate:
+    if kind in ("mcar", "cpm") and rate:
         try:
             r = float(rate)
         except ValueError:
             r = -1.0
         if 0.0 <= r < 1.0:
-            return "mcar", r
+            return kind, r
     raise ConfigError(f"data.missing={spec!r} is not valid; choose {MISSING_HELP}")
 
 

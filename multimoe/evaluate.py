@@ -87,15 +87,44 @@ def auc_score(labels_N: np.ndarray, probs_NC: np.ndarray) -> float | None:
     return float(np.mean(scores)) if scores else None
 
 
+ECE_BINS = 15
+
+
+def brier_score(labels_N: np.ndarray, probs_NC: np.ndarray) -> float:
+    """Binary: mean (p_positive - y)^2 (scikit-learn's brier_score_loss); multiclass: Brier's mean over samples of
+    Σ_c (p_c - [y = c])^2 (0 perfect, 2 worst)."""
+    if probs_NC.shape[1] == 2:
+        return float(np.mean((probs_NC[:, 1] - labels_N) ** 2))
+    onehot_NC = np.eye(probs_NC.shape[1])[labels_N]
+    return float(np.mean(np.sum((probs_NC - onehot_NC) ** 2, axis=1)))
+
+
+def expected_calibration_error(labels_N: np.ndarray, probs_NC: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Σ_b (n_b / N) |accuracy_b - confidence_b| over equal-width bins (lower, upper] of the predicted class's
+    probability (Guo et al. 2017)."""
+    conf_N = probs_NC.max(axis=1)
+    right_N = (probs_NC.argmax(axis=1) == labels_N).astype(float)
+    bin_N = np.clip(np.ceil(conf_N * bins).astype(int) - 1, 0, bins - 1)  # (b/bins, (b+1)/bins] -> b
+    total = 0.0
+    for b in np.unique(bin_N):
+        sel = bin_N == b
+        total += sel.sum() * abs(right_N[sel].mean() - conf_N[sel].mean())
+    return float(total / len(labels_N))
+
+
 def classification_metrics(labels_N: np.ndarray, probs_NC: np.ndarray) -> dict:
+    """Accuracy, macro-F1, AUC (module docstring) and calibration: Brier score and the expected calibration error
+    over ``ECE_BINS`` bins."""
     if len(labels_N) == 0:
-        return {"n": 0, "accuracy": None, "f1": None, "auc": None}
+        return {"n": 0, "accuracy": None, "f1": None, "auc": None, "brier": None, "ece": None}
     pred_N = probs_NC.argmax(axis=1)
     return {
         "n": int(len(labels_N)),
         "accuracy": float((pred_N == labels_N).mean()),
         "f1": float(f1_score(labels_N, pred_N, average="macro", zero_division=0)),
         "auc": auc_score(labels_N, probs_NC),
+        "brier": brier_score(labels_N, probs_NC),
+        "ece": expected_calibration_error(labels_N, probs_NC),
     }
 
 
@@ -175,7 +204,10 @@ def format_results(result: dict, title: str = "test") -> str:
     """A readable table of overall and per-combination-size metrics."""
     o = result["overall"]
     lines = [
-        f"{title}: accuracy {_fmt(o['accuracy'])}  macro-F1 {_fmt(o['f1'])}  AUC {_fmt(o['auc'])}  (n={o['n']})",
+        f"{title}: accuracy {_fmt(o['accuracy'])}  macro-F1 {_fmt(o['f1'])}  AUC {_fmt(o['auc'])}  "
+        # runs saved before calibration was measured have no Brier score
+        + ("" if "brier" not in o else f"Brier {_fmt(o['brier'])}  ECE {_fmt(o['ece'])}  ")
+        + f"(n={o['n']})",
         f"{'observed modalities':>20} {'n':>6} {'accuracy':>9} {'F1':>7} {'AUC':>7}",
     ]
     for row in result["per_size"]:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from multimoe.bench import append_cell, render
-from multimoe.bench.render import combination_tables, missing_rate_curves
+from multimoe.bench.render import combination_tables, missing_rate_curves, summary_table
 from multimoe.bench.sweep import Sweep
 
 SEEDS = [0, 1, 2]
@@ -163,3 +163,19 @@ def test_missing_rate_curves_by_hand():
     assert row["ci_low"] == pytest.approx(1.1 - half) and row["ci_high"] == pytest.approx(1.1 + half)
     one = missing_rate_curves(frame[frame.seed == 0], sweep)
     assert (one.ci_low == one["mean"]).all() and (one.ci_high == one["mean"]).all()  # one seed: no interval
+
+
+def test_calibration_rows_compare_lower_as_better_and_old_cells_have_none(tmp_path):
+    sweep = sweep_of(tmp_path)
+    rows = []
+    for method, brier in (("ref", (0.30, 0.32, 0.31)), ("good", (0.20, 0.21, 0.23)), ("bad", (None, None, None))):
+        for seed, b in zip(SEEDS, brier):
+            rows.append({"point": "p", "method": method, "seed": seed, "classes": 10, "accuracy": 0.9, "f1": 0.9,
+                         "auc": 0.99, "brier": b, "ece": None if b is None else b / 10})  # fmt: skip
+    summary = summary_table(pd.DataFrame(rows), sweep)
+    good = summary[(summary.method == "good") & (summary.metric == "brier")].iloc[0]
+    assert good["verdict"] == "better" and good["diff"] == pytest.approx(-0.29 / 3)  # -0.10, -0.11, -0.08
+    assert good["mean"] == pytest.approx(0.64 / 3) and not good["primary"]
+    ece = summary[(summary.method == "good") & (summary.metric == "ece")].iloc[0]
+    assert ece["verdict"] == "better" and ece["diff"] == pytest.approx(-0.029 / 3)
+    assert set(summary[summary.method == "bad"].metric) == {"accuracy", "f1", "auc"}  # cells without calibration

@@ -37,3 +37,15 @@ def test_paired_without_spread_and_with_too_few_pairs():
     assert paired({}, {})["diff"] is None
     worse = paired({0: 0.1, 1: 0.2, 2: 0.25}, {0: 0.5, 1: 0.5, 2: 0.5})  # differences -0.4, -0.3, -0.25
     assert worse["verdict"] == "worse" and worse["diff_high"] < 0 and 0 < worse["p"] < 0.05
+
+
+def test_lower_is_better_for_calibration():
+    # a Brier score 0.1 lower on every seed is better; the same differences on accuracy would be worse
+    lower = paired({0: 0.2, 1: 0.25, 2: 0.3}, {0: 0.3, 1: 0.35, 2: 0.4}, lower_better=True)
+    assert lower["verdict"] == "better" and lower["diff"] == pytest.approx(-0.1)
+    noisy = paired({0: 0.2, 1: 0.35, 2: 0.3}, {0: 0.3, 1: 0.25, 2: 0.4}, lower_better=True)  # -0.1, +0.1, -0.1
+    assert noisy["verdict"] == "within noise"
+    assert paired({0: 0.4, 1: 0.5}, {0: 0.3, 1: 0.4}, lower_better=True)["verdict"] == "worse"  # no spread
+    assert paired({0: 0.2, 1: 0.3}, {0: 0.3, 1: 0.4}, lower_better=True)["verdict"] == "better"
+    spread_up = paired({0: 0.5, 1: 0.6, 2: 0.65}, {0: 0.1, 1: 0.3, 2: 0.3}, lower_better=True)  # +0.4, +0.3, +0.35
+    assert spread_up["verdict"] == "worse" and spread_up["diff_low"] > 0

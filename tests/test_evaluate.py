@@ -10,9 +10,11 @@ from multimoe.data.dataset import DataSchema, MultimodalData
 from multimoe.evaluate import (
     Predictions,
     auc_score,
+    brier_score,
     classification_metrics,
     evaluate,
     evaluate_combinations,
+    expected_calibration_error,
     format_results,
     metrics_from_predictions,
     routing_stats,
@@ -68,7 +70,32 @@ def test_empty_subset_has_no_metrics():
         "accuracy": None,
         "f1": None,
         "auc": None,
+        "brier": None,
+        "ece": None,
     }
+
+
+def test_multiclass_brier_by_hand():
+    # Σ_c (p_c - [y = c])^2 per row: 0.14, 0.86, 0.14, 0.06, 0.06, 0.78 -> mean 2.04 / 6
+    assert brier_score(LABELS, PROBS) == pytest.approx(0.34)
+    assert classification_metrics(LABELS, PROBS)["brier"] == pytest.approx(0.34)
+
+
+def test_binary_brier_and_ece_by_hand():
+    labels = np.array([1, 0, 1, 0])
+    probs = np.array([[0.05, 0.95], [0.05, 0.95], [0.45, 0.55], [0.9, 0.1]])
+    # (0.95 - 1)^2 + 0.95^2 + (0.55 - 1)^2 + 0.1^2 = 0.0025 + 0.9025 + 0.2025 + 0.01 = 1.1175
+    assert brier_score(labels, probs) == pytest.approx(1.1175 / 4)
+    # confidences 0.95 (right), 0.95 (wrong), 0.55 (right), 0.9 (right) in bins 14, 14, 8, 13 of 15:
+    # (2 * |0.5 - 0.95| + |1 - 0.55| + |1 - 0.9|) / 4 = 1.45 / 4
+    metrics = classification_metrics(labels, probs)
+    assert metrics["ece"] == pytest.approx(0.3625)
+    assert expected_calibration_error(labels, probs) == pytest.approx(0.3625)
+    # one bin: |accuracy - mean confidence| = |0.75 - 0.8375|
+    assert expected_calibration_error(labels, probs, bins=1) == pytest.approx(0.0875)
+    # a confidence on a bin's upper edge belongs to that bin: 0.6 and 0.8 of 5 bins are bins 2 and 3
+    edge = np.array([[0.4, 0.6], [0.2, 0.8]])
+    assert expected_calibration_error(np.array([1, 0]), edge, bins=5) == pytest.approx((0.4 + 0.8) / 2)
 
 
 def test_per_combination_and_per_size_by_hand():
@@ -151,6 +178,10 @@ def test_format_results_prints_overall_and_per_size():
         " observed modalities      n  accuracy      F1     AUC",
         "                   2      2    0.5000  0.2500  0.7500",
     ]
+    result["overall"] |= {"brier": 0.34, "ece": 0.3625}
+    assert format_results(result).splitlines()[0] == (
+        "test: accuracy 0.6667  macro-F1 0.5000  AUC   -    Brier 0.3400  ECE 0.3625  (n=6)"
+    )
 
 
 def test_routing_stats_sum_gate_weights_by_combination_and_modality():

@@ -22,6 +22,10 @@ def point_label(point: dict) -> str:
     return " ".join(x for x in (name, missing, f"({rest})" if rest else "") if x)
 
 
+METRICS = ("accuracy", "f1", "auc", "brier", "ece")
+LOWER_BETTER = ("brier", "ece")  # calibration: 0 is perfect
+
+
 def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
     """One row per finished cell of the sweep (other sweeps' cells in the store are ignored)."""
     keys = {c["key"] for c in sweep.cells()}
@@ -37,7 +41,7 @@ def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
                 "missing": c["point"].get("data.missing", "natural"),
                 "seed": c["seed"],
                 "classes": c.get("classes", 0),
-                **{m: c["test"][m] for m in ("accuracy", "f1", "auc")},
+                **{m: c["test"].get(m) for m in METRICS},  # brier, ece: None in cells stored before them
                 **{
                     k: c.get(k)
                     for k in (
@@ -60,11 +64,15 @@ def summary_table(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
     out = []
     for (point, method), g in frame.groupby(["point", "method"], sort=False):
         ref = frame[(frame.point == point) & (frame.method == sweep.reference)] if sweep.reference else None
-        for metric in ("accuracy", "f1", "auc"):
+        for metric in METRICS:
+            if g[metric].isna().all():  # calibration of cells stored before it was measured
+                continue
             row = {"point": point, "method": method, "metric": metric, **mean_ci(g[metric])}
             row["primary"] = metric == primary_metric(int(g["classes"].iloc[0]))
             if ref is not None and len(ref) and method != sweep.reference:
-                row.update(paired(dict(zip(g.seed, g[metric])), dict(zip(ref.seed, ref[metric]))))
+                mine, theirs = (dict(zip(f.seed, f[metric])) for f in (g, ref))
+                known = {s for s in mine if s in theirs and not pd.isna(mine[s]) and not pd.isna(theirs[s])}
+                row.update(paired({s: mine[s] for s in known}, {s: theirs[s] for s in known}, metric in LOWER_BETTER))
             out.append(row)
     return pd.DataFrame(out)
 

@@ -32,8 +32,9 @@ def mean_ci(values) -> dict:
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def paired(method: dict[int, float], reference: dict[int, float]) -> dict:
-    """Paired comparison over the seeds both have: mean difference, its 95 % t interval, p, verdict."""
+def paired(method: dict[int, float], reference: dict[int, float], lower_better: bool = False) -> dict:
+    """Paired comparison over the seeds both have: mean difference, its 95 % t interval, p, verdict
+    (``lower_better``: a metric such as the Brier score, where a negative difference is the better one)."""
     seeds = sorted(set(method) & set(reference))
     d = np.array([method[s] - reference[s] for s in seeds], dtype=float)
     if len(d) < 2:
@@ -41,11 +42,14 @@ def paired(method: dict[int, float], reference: dict[int, float]) -> dict:
                 "p": None, "verdict": "n/a"}  # fmt: skip
     ci = mean_ci(d)
     if ci["std"] == 0:
-        verdict = "within noise" if ci["mean"] == 0 else ("better" if ci["mean"] > 0 else "worse")
+        verdict = "within noise" if ci["mean"] == 0 else ("better" if (ci["mean"] > 0) != lower_better else "worse")
         p = 1.0 if ci["mean"] == 0 else 0.0
     else:
         t_stat = ci["mean"] / (ci["std"] / math.sqrt(len(d)))
         p = float(2 * stats.t.sf(abs(t_stat), len(d) - 1))  # paired t-test
-        verdict = "better" if ci["ci_low"] > 0 else "worse" if ci["ci_high"] < 0 else "within noise"
+        above, below = ci["ci_low"] > 0, ci["ci_high"] < 0
+        if lower_better:
+            above, below = below, above
+        verdict = "better" if above else "worse" if below else "within noise"
     return {"pairs": len(d), "diff": ci["mean"], "diff_low": ci["ci_low"], "diff_high": ci["ci_high"], "p": p,
             "verdict": verdict}  # fmt: skip
