@@ -33,6 +33,7 @@ from multimoe.device import peak_memory_mb, setup
 from multimoe.evaluate import evaluate
 from multimoe.guard import FiniteGuard, grad_norm
 from multimoe.model import build_model, compile_model, resolve
+from multimoe.pools import fill_pools, resolve_pool_rows
 from multimoe.runs import resume
 from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 from multimoe.runs.folder import RunFolder
@@ -82,6 +83,7 @@ def train(cfg: Config, table: Table | None = None, splits: Splits | None = None)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, splits.schema).to(device)
+    fill_pools(model, splits.train)  # methods that draw training samples keep the training split (pools.py)
     if t.compile:
         compile_model(model)
     optimizer = make_optimizer(model, t)
@@ -231,6 +233,7 @@ def _prepare(cfg: Config, table: Table | None, splits: Splits | None) -> tuple[C
     table = table if table is not None else build_table(cfg.data)
     splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)
     model_cfg, notes = resolve(cfg.model, splits.schema)
+    model_cfg = resolve_pool_rows(model_cfg, splits.train)
     for note in notes:
         _log(f"note: {note}")
     if table.synthetic:
