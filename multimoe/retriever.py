@@ -158,6 +158,19 @@ class MoERetriever(nn.Module):
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training samples seen (the warm-up)
         self.support_counts = {"cells": 0, "short": 0, "unsupported": 0}  # retrievals; too few exact support rows
 
+    def run_notes(self) -> list[str]:
+        """How often supporting groups fell short, over every forward pass of the run (training and evaluation)."""
+        c = self.support_counts
+        if c["cells"] == 0:
+            return ["MoE-Retriever retrieved no missing modality (warm-up only, or no sample missing one)"]
+        how = "drawn again with replacement" if self.cfg.retriever.short_support == "replace" else "O relaxed"
+        return [
+            f"MoE-Retriever retrieved {c['cells']} missing (sample, modality) cells over the run's forward passes; "
+            f"{c['short']} ({c['short'] / c['cells']:.1%}) had fewer than |O| training samples observing the "
+            f"missing modality and every observed one ({how}); {c['unsupported']} had no training sample observing "
+            "the missing modality (left as zeros)"
+        ]
+
     def retrieving(self) -> bool:
         """Whether missing modalities are retrieved: in training after the warm-up's samples, in evaluation once a
         training step has retrieved (until then the model has only learnt with zeros)."""

@@ -262,9 +262,15 @@ class _Run:
                    "missing": cfg.data.missing, "seed": cfg.seed, "best_epoch": progress.best_epoch,
                    "epochs_run": progress.epoch, "val": val, "test": test, **costs, "train_seconds": fit_seconds,
                    "wall_seconds": time.perf_counter() - self.start, "peak_memory_mb": peak_memory_mb(self.device),
-                   "notes": self.notes, "data": splits.info, "multimoe_version": __version__}  # fmt: skip
+                   "notes": self.notes + model_notes(model), "data": splits.info,
+                   "multimoe_version": __version__}  # fmt: skip
         self.folder.write_summary(summary)
         return RunResult(self.folder.path, progress.best_epoch, val, test, summary, model, splits)
+
+
+def model_notes(model: torch.nn.Module) -> list[str]:
+    """What a model says about its run (``run_notes``: e.g. how often MoE-Retriever's supports fell short)."""
+    return list(model.run_notes()) if hasattr(model, "run_notes") else []
 
 
 def _log(msg: str) -> None:

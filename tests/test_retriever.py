@@ -42,6 +42,7 @@ def test_the_pool_holds_the_training_split_and_no_validation_or_test_row(tmp_pat
                  "model.retriever.warmup_epochs=1", *TOY]  # fmt: skip
     cfg = load_config(CONFIGS / "moe_retriever.yaml", overrides)
     result = train(cfg)
+    assert any("MoE-Retriever retrieved" in note for note in result.summary["notes"])
     splits = prepare(build_table(cfg.data), cfg.data, cfg.seed)
     weights = load_file(result.run_dir / "best.safetensors")
     pool = {k.removeprefix("pool."): v for k, v in weights.items() if k.startswith("pool.")}
