@@ -48,6 +48,9 @@ class DataConfig:
     split: Literal["auto", "stratified", "group"] = "auto"
     val_fraction: float = 0.15  # stratified validation share
     test_fraction: float = 0.15  # stratified test share
+    # keep only the samples with every modality present, in train, validation and test, after the protocol (I2MoE's
+    # published complete-case protocol, its scripts' --use_common_ids True): test metrics are then on that subset
+    complete_cases: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generator settings (data.name=synthetic)
 
 
@@ -94,8 +97,37 @@ class MoEConfig:
 
 
 @dataclass
+class I2MoEConfig:  # model.arch=i2moe (multimoe/i2moe.py); the interaction loss weight is train.gate_loss_weight
+    temperature: float = 1.0  # T_rw: interaction weights = softmax(reweighting logits / T_rw)
+    reweight_hidden: int = 256  # hidden width of the reweighting MLP
+    reweight_layers: int = 3  # linear layers of the reweighting MLP (ReLU and dropout 0.5 between them)
+    perturbed: int = 0  # modalities perturbed per training step: 0 all (the method) | k drawn per step (its ablation)
+
+
+@dataclass
+class ConfSMoEConfig:  # model.arch=confsmoe (multimoe/confsmoe.py); experts and router: model.moe
+    router: Literal["trained", "frozen"] = "trained"  # trained (the paper's intent) | frozen (its code: no gradient)
+    confidence: Literal["token", "expert_mean"] = "token"  # per token | mean per expert and modality in the batch
+    pre_impute: int = 10  # training rows whose inputs are averaged to pre-impute a missing (sample, modality)
+
+
+@dataclass
+class RetrieverConfig:  # model.arch=moe_retriever (multimoe/retriever.py)
+    candidates: int = 8  # retriever experts per modality
+    shared: int = 4  # retriever experts shared by all modalities
+    top_k: int = 4  # retriever experts per token (noisy top-k among the target modality's and the shared ones)
+    hidden: int = 256  # hidden width of a retriever expert
+    output: Literal["retrieved", "input_mean"] = "retrieved"  # the retriever's output | its code's mean of inputs
+    inter_weight: float = 0.5  # share of the sample's own (inter-modal) inputs in the retrieved embedding
+    warmup_epochs: int = 5  # first epochs with zeros for missing modalities and the retriever off
+    short_support: Literal["replace", "relax"] = (
+        "replace"  # fewer than |O| support rows: draw with replacement | relax O
+    )
+
+
+@dataclass
 class ModelConfig:
-    arch: str = "fusion"  # registry: fusion | late_fusion (neural) | logreg | hgb (scikit-learn baselines)
+    arch: str = "fusion"  # registry: fusion | late_fusion | i2moe | confsmoe | moe_retriever (neural) | logreg | hgb
     dim: int = 128  # token width D
     tokens: int = 16  # tokens per modality P
     heads: int = 4  # attention heads
@@ -109,6 +141,10 @@ class ModelConfig:
     fill: str = "bank"  # missing-modality fill (registry): bank (Flex-MoE) | token | zero | additive
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    i2moe: I2MoEConfig = field(default_factory=I2MoEConfig)
+    confsmoe: ConfSMoEConfig = field(default_factory=ConfSMoEConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    pool_rows: int = 0  # training rows a model keeps to draw from (confsmoe, moe_retriever): set from the data
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
     hgb_max_iter: int = 100  # hgb: boosting rounds
     # what logreg and hgb read of a series modality: none (refused: they take no raw signals) | summary (per-channel
@@ -344,7 +380,8 @@ def to_dict(cfg: Any) -> dict:
 
 
 # Keys added after run folders and benchmark cells were written, each defaulting to the behaviour from before it
-# existed (the public code's switches, configs/flexmoe-code.yaml): a stored config that lacks one ran its default.
+# existed (the public code's switches, configs/flexmoe-code.yaml; the data option and model sections of the methods
+# added later, whole sections compared at once): a stored config that lacks one ran its default.
 # Checkpoints and training states written before compare equal to today's config (``with_added_defaults``), and the
 # benchmark's cell digest leaves them out while at their default (``multimoe.bench.sweep.config_digest``).
 ADDED_KEYS = (
@@ -362,6 +399,11 @@ ADDED_KEYS = (
     "model.baseline_series",
     "model.baseline_image",
     "model.moe.expert_parallel",
+    "data.complete_cases",
+    "model.i2moe",
+    "model.confsmoe",
+    "model.retriever",
+    "model.pool_rows",
 )
 
 
@@ -462,6 +504,16 @@ def validate(cfg: Config) -> None:
     _positive("model.moe.num_experts", m.moe.num_experts)
     _positive("model.moe.hidden", m.moe.hidden)
     _positive("model.moe.capacity_factor", m.moe.capacity_factor, allow_zero=True)
+    for k in ("temperature", "reweight_hidden", "reweight_layers"):
+        _positive(f"model.i2moe.{k}", getattr(m.i2moe, k))
+    _positive("model.i2moe.perturbed", m.i2moe.perturbed, allow_zero=True)
+    _positive("model.confsmoe.pre_impute", m.confsmoe.pre_impute)
+    for k in ("candidates", "top_k", "hidden"):
+        _positive(f"model.retriever.{k}", getattr(m.retriever, k))
+    _positive("model.retriever.shared", m.retriever.shared, allow_zero=True)
+    _positive("model.retriever.warmup_epochs", m.retriever.warmup_epochs, allow_zero=True)
+    _fraction("model.retriever.inter_weight", m.retriever.inter_weight, 0, 1)
+    _positive("model.pool_rows", m.pool_rows, allow_zero=True)
     t = cfg.train
     for k in ("epochs", "batch_size", "eval_batch_size", "lr"):
         _positive(f"train.{k}", getattr(t, k))

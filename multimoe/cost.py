@@ -5,8 +5,15 @@ FLOPs are counted analytically for the matmuls (2 per multiply-add; element-wise
 checks these formulas against FlopCounterMode on the code paths it does see. The encoders of series, image and text
 modalities (convolutions, attention over steps) are counted by FlopCounterMode on one example row, which sees every
 operation they use. Active parameters are those one token
-(and its sample) uses: all shared weights, the k chosen experts of each MoE layer, the router, and one
-combination's block of the missing-modality bank.
+(and its sample) uses: all shared weights, the k chosen experts of each MoE layer (with whatever else the layer keeps
+per expert, e.g. Conf-SMoE's confidence networks), the router, and one combination's block of the missing-modality
+bank.
+
+``flops_per_sample`` is the forward of one sample with every modality present, at inference;
+``train_flops_per_sample`` the forward of one such sample in a training step (the same for most models; I2MoE runs
+each of its M + 2 experts on 1 + M variants of the sample, (M + 2)(M + 1) backbone forwards; Conf-SMoE adds its
+confidence target's head; router noise is not counted). What missing modalities add (Conf-SMoE's post-imputation, one
+MoE-Retriever retrieval per missing cell: ``retrieval_flops``) depends on the data and is not in either number.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ def _encoder_flops(cfg: ModelConfig, features: int) -> int:
     if cfg.encoder.kind == "patch_linear":
         return 2 * P * math.ceil(width / P) * D
     return 2 * width * cfg.encoder.hidden + 2 * cfg.encoder.hidden * P * D
+
+
+def _attention_flops(tokens: int, dim: int) -> int:
+    """Query, key/value and output maps, scores and the weighted sum, for a sequence of ``tokens``."""
+    return 8 * tokens * dim * dim + 4 * tokens * tokens * dim
 
 
 def example_input(shape: KindShape, rows: int = 1):
@@ -60,7 +72,7 @@ def _fusion_flops(cfg: ModelConfig, schema: DataSchema, encoders: list[int]) -> 
     M, P, D, C = schema.num_modalities, cfg.tokens, cfg.dim, schema.num_classes
     L = M * P
     flops = sum(encoders) + 2 * M * D * C
-    attention = 8 * L * D * D + 4 * L * L * D
+    attention = _attention_flops(L, D)
     if cfg.ffn == "dense":
         ffn = 4 * L * D * cfg.dense_hidden
     else:
@@ -69,20 +81,81 @@ def _fusion_flops(cfg: ModelConfig, schema: DataSchema, encoders: list[int]) -> 
     return flops + cfg.layers * (attention + ffn)
 
 
+def _linear_flops(dims: list[int]) -> int:
+    """A stack of linear maps dims[0] -> dims[1] -> ... (one sample)."""
+    return sum(2 * a * b for a, b in zip(dims, dims[1:]))
+
+
+def i2moe_flops(cfg: ModelConfig, schema: DataSchema, training: bool = False) -> int:
+    """Shared encoders, the reweighting MLP, M + 2 experts (each: fusion layers with the dense feed-forward and a
+    head) on 1 variant at inference or, in training, 1 + the perturbed modalities (all M, or ``i2moe.perturbed``),
+    and the weighted sum of the experts' logits."""
+    M, P, D, C = schema.num_modalities, cfg.tokens, cfg.dim, schema.num_classes
+    L, E = M * P, M + 2
+    backbone = cfg.layers * (_attention_flops(L, D) + 4 * L * D * cfg.dense_hidden) + 2 * M * D * C
+    r = cfg.i2moe
+    reweight = _linear_flops([M * D] + [r.reweight_hidden] * (r.reweight_layers - 1) + [E])
+    encoders = sum(_encoder_flops(cfg, f) for f in schema.features)
+    perturbed = M if r.perturbed == 0 else min(r.perturbed, M)
+    return encoders + reweight + E * (1 + perturbed if training else 1) * backbone + 2 * E * C
+
+
+def confsmoe_flops(cfg: ModelConfig, schema: DataSchema, training: bool = False) -> int:
+    """Encoders, per layer attention and the confidence MoE on every token (router scores, k experts, the weighted
+    sum of their outputs; in training also the p_GT head on every slot), the head
+    Linear(M*D, D) -> LayerNorm -> Linear(D, C)."""
+    M, P, D, C = schema.num_modalities, cfg.tokens, cfg.dim, schema.num_classes
+    L, E, k, H = M * P, cfg.moe.num_experts, cfg.moe.router.top_k, cfg.moe.hidden
+    moe = 2 * L * D * E + 4 * L * k * D * H + 2 * L * k * D
+    if training:
+        moe += 2 * L * k * D * C
+    encoders = sum(_encoder_flops(cfg, f) for f in schema.features)
+    return encoders + cfg.layers * (_attention_flops(L, D) + moe) + 2 * M * D * D + 2 * D * C
+
+
+def retriever_flops(cfg: ModelConfig, schema: DataSchema) -> int:
+    """MoE-Retriever on a sample with every modality present: encoders, the dense fusion transformer, the head."""
+    M, P, D, C = schema.num_modalities, cfg.tokens, cfg.dim, schema.num_classes
+    L = M * P
+    encoders = sum(_encoder_flops(cfg, f) for f in schema.features)
+    return encoders + cfg.layers * (_attention_flops(L, D) + 4 * L * D * cfg.dense_hidden) + 2 * M * D * C
+
+
+def retrieval_flops(cfg: ModelConfig, schema: DataSchema, target: int, observed: int) -> int:
+    """One retrieved cell (modality ``target`` of a sample observing ``observed`` modalities): the supporting group's
+    encodings of the target, then the retriever layer on the 2 * observed inputs' tokens (attention across them,
+    router scores, k experts, their weighted sum)."""
+    r, P, D = cfg.retriever, cfg.tokens, cfg.dim
+    T = 2 * observed * P
+    E = r.candidates * schema.num_modalities + r.shared
+    layer = _attention_flops(T, D) + 2 * T * D * E + 4 * T * r.top_k * D * r.hidden + 2 * T * r.top_k * D
+    return observed * _encoder_flops(cfg, schema.features[target]) + layer
+
+
+FLOPS = {"i2moe": i2moe_flops, "confsmoe": confsmoe_flops}
+
+
 def model_costs(model: nn.Module, cfg: ModelConfig, schema: DataSchema) -> dict:
-    """{"parameters", "active_parameters", "flops_per_sample"} of a neural model built from ``cfg``."""
+    """{"parameters", "active_parameters", "flops_per_sample", "train_flops_per_sample"} of a neural model built
+    from ``cfg``."""
     total = sum(p.numel() for p in model.parameters())
     inactive = 0
     for module in model.modules():
-        if isinstance(module, MoE):  # only k experts per token are active
+        if isinstance(module, MoE):  # only k experts per token are active, and what the layer keeps per expert
             E, k = module.num_experts, module.router.top_k
-            per_expert = sum(p[0].numel() for p in (module.w1_EDH, module.b1_EH, module.w2_EHD, module.b2_ED))
+            per_expert = sum(p[0].numel() for p in module.parameters(recurse=False) if p.shape[0] == E)
             inactive += (E - k) * per_expert
         if isinstance(module, BankFill):  # a sample reads at most one combination's block
             inactive += module.bank_SMPD[1:].numel()
     encoders = _encoders_flops(model, cfg, schema)
+    train_flops = None
     if cfg.arch == "late_fusion":
         flops = sum(f + 2 * cfg.tokens * cfg.dim * schema.num_classes for f in encoders)
+    elif cfg.arch in FLOPS:
+        flops, train_flops = FLOPS[cfg.arch](cfg, schema), FLOPS[cfg.arch](cfg, schema, training=True)
+    elif cfg.arch == "moe_retriever":
+        flops = retriever_flops(cfg, schema)
     else:
         flops = _fusion_flops(cfg, schema, encoders)
-    return {"parameters": total, "active_parameters": total - inactive, "flops_per_sample": flops}
+    return {"parameters": total, "active_parameters": total - inactive, "flops_per_sample": flops,
+            "train_flops_per_sample": flops if train_flops is None else train_flops}  # fmt: skip

@@ -61,7 +61,7 @@ def predict(
             on_output(out, batch)
         loss_sum += float(F.cross_entropy(out.logits_BC.float(), batch.labels_B, reduction="sum"))
         probs.append(out.logits_BC.float().softmax(dim=1).cpu())
-        stats = [routing_stats(m, out.info) for m in out.moe]
+        stats = [routing_stats(m, m.info or out.info) for m in out.moe]  # a layer may route its own tokens
         totals = stats if totals is None else [{k: a[k] + b[k] for k in a} for a, b in zip(totals, stats)]
     model.train(was_training)
     return Predictions(

@@ -47,6 +47,7 @@ class MoEOutput:
     routing: Routing
     tokens_per_expert_E: Tensor  # (token, slot) assignments each expert processed (after the capacity, if any)
     aux_loss: Tensor
+    info: TokenInfo | None = None  # the routed tokens, when not the model's (a subset, or a retriever's own tokens)
 
 
 def _combine(y_QD: Tensor, row_TK: Tensor, gates_TK: Tensor, keep_TK: Tensor | None) -> tuple[Tensor, Tensor]:

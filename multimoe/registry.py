@@ -97,6 +97,12 @@ ROUTERS = Registry("model.moe.router.kind", "routers", {
 ARCHS = Registry("model.arch", "model architectures", {
     "fusion": Entry("multimoe.model:MultimodalMoE", "encoders, fill, attention + MoE or dense fusion, head", "neural"),
     "late_fusion": Entry("multimoe.model:LateFusion", "one classifier per modality, probabilities averaged", "neural"),
+    "i2moe": Entry("multimoe.i2moe:I2MoE", "I2MoE: M + 2 interaction experts, reweighting MLP, interaction losses",
+                   "neural"),
+    "confsmoe": Entry("multimoe.confsmoe:ConfSMoE", "Conf-SMoE: confidence-weighted top-k experts, 2-stage imputation",
+                      "neural"),
+    "moe_retriever": Entry("multimoe.retriever:MoERetriever", "MoE-Retriever: missing modalities retrieved by a sparse "
+                           "MoE from training samples", "neural"),
     "logreg": Entry("multimoe.baselines:LogReg", "mean-imputed standardised logistic regression", "baseline"),
     "hgb": Entry("multimoe.baselines:HGB", "histogram gradient boosting, NaN for missing values", "baseline"),
 })  # fmt: skip

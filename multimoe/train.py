@@ -36,6 +36,7 @@ from multimoe.distributed import SINGLE, Context, Share
 from multimoe.evaluate import evaluate
 from multimoe.guard import FiniteGuard, grad_norm
 from multimoe.model import build_model, compile_model, resolve
+from multimoe.pools import fill_pools, resolve_pool_rows
 from multimoe.runs import resume
 from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 from multimoe.runs.folder import RunFolder
@@ -102,6 +103,7 @@ def _train(cfg: Config, table: Table | None, splits: Splits | None, ctx: Context
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, splits.schema).to(device)
+    fill_pools(model, splits.train)  # methods that draw training samples keep the training split (pools.py)
     costs = model_costs(model, cfg.model, splits.schema)  # of the whole model, before any expert is sharded
     if t.compile:
         compile_model(model)
@@ -284,6 +286,7 @@ def _prepare(cfg: Config, table: Table | None, splits: Splits | None, ctx: Conte
     table = table if table is not None else build_table(cfg.data)
     splits = splits if splits is not None else prepare(table, cfg.data, cfg.seed)
     model_cfg, notes = resolve(cfg.model, splits.schema)
+    model_cfg = resolve_pool_rows(model_cfg, splits.train)
     for note in notes:
         _log(f"note: {note}", ctx)
     if table.synthetic:
@@ -313,12 +316,18 @@ class _Run:
                    "missing": cfg.data.missing, "seed": cfg.seed, "best_epoch": progress.best_epoch,
                    "epochs_run": progress.epoch, "val": val, "test": test, **costs, "train_seconds": fit_seconds,
                    "wall_seconds": time.perf_counter() - self.start, "peak_memory_mb": peak_memory_mb(self.device),
-                   "notes": self.notes, "data": splits.info, "multimoe_version": __version__}  # fmt: skip
+                   "notes": self.notes + model_notes(model), "data": splits.info,
+                   "multimoe_version": __version__}  # fmt: skip
         if ctx.active:
             summary["world_size"] = ctx.world
         if ctx.main:
             self.folder.write_summary(summary)
         return RunResult(self.folder.path, progress.best_epoch, val, test, summary, model, splits, ctx.rank, ctx.world)
+
+
+def model_notes(model: torch.nn.Module) -> list[str]:
+    """What a model says about its run (``run_notes``: e.g. how often MoE-Retriever's supports fell short)."""
+    return list(model.run_notes()) if hasattr(model, "run_notes") else []
 
 
 def _log(msg: str, ctx: Context = SINGLE) -> None:

@@ -39,6 +39,34 @@ PRESETS = {
     "late_fusion": {**FLEXMOE, "method": "late_fusion", "model.arch": "late_fusion"},
     "logreg": {"method": "logreg", "model.arch": "logreg", "model.logreg_c": 0.1},
     "hgb": {"method": "hgb", "model.arch": "hgb", "model.hgb_max_iter": 100},
+    "i2moe": {
+        "method": "i2moe", "model.arch": "i2moe", "model.dim": 128, "model.tokens": 16, "model.heads": 4,
+        "model.layers": 2, "model.dropout": 0.5, "model.ffn": "dense", "model.dense_hidden": 256,
+        "model.encoder.kind": "patch_linear", "model.i2moe.temperature": 1.0, "model.i2moe.reweight_hidden": 256,
+        "model.i2moe.reweight_layers": 3, "model.i2moe.perturbed": 0, "data.complete_cases": True,
+        "train.epochs": 50, "train.warmup_epochs": 0, "train.batch_size": 32, "train.optimizer": "adam",
+        "train.lr": 1e-4, "train.weight_decay": 0.0, "train.gate_loss_weight": 0.3, "train.select": "accuracy",
+        "train.patience": 0,
+    },
+    "confsmoe": {
+        "method": "confsmoe", "model.arch": "confsmoe", "model.dim": 128, "model.tokens": 16, "model.layers": 1,
+        "model.dropout": 0.1, "model.ffn": "moe", "model.encoder.kind": "patch_linear",
+        "model.moe.num_experts": 8, "model.moe.hidden": 128, "model.moe.router.kind": "noisy_topk",
+        "model.moe.router.top_k": 2, "model.moe.gate_loss.supervision": "none", "model.confsmoe.router": "trained",
+        "model.confsmoe.confidence": "token", "model.confsmoe.pre_impute": 10, "train.epochs": 30,
+        "train.warmup_epochs": 0, "train.batch_size": 256, "train.optimizer": "adam", "train.lr": 3e-4,
+        "train.weight_decay": 0.0, "train.gate_loss_weight": 1.0, "train.select": "f1", "train.patience": 0,
+    },
+    "moe_retriever": {
+        "method": "moe_retriever", "model.arch": "moe_retriever", "model.dim": 128, "model.tokens": 16,
+        "model.heads": 4, "model.layers": 1, "model.dropout": 0.5, "model.ffn": "dense", "model.dense_hidden": 256,
+        "model.encoder.kind": "patch_linear", "model.retriever.candidates": 8, "model.retriever.shared": 4,
+        "model.retriever.top_k": 4, "model.retriever.hidden": 256, "model.retriever.output": "retrieved",
+        "model.retriever.inter_weight": 0.5, "model.retriever.warmup_epochs": 5,
+        "model.retriever.short_support": "replace", "train.epochs": 20, "train.warmup_epochs": 0,
+        "train.batch_size": 16, "train.optimizer": "adam", "train.lr": 1e-4, "train.weight_decay": 0.0,
+        "train.gate_loss_weight": 0.01, "train.select": "accuracy", "train.patience": 0,
+    },
     "multimoe": {
         "method": "multimoe", "model.dim": 64, "model.tokens": 4, "model.heads": 4, "model.layers": 1,
         "model.dropout": 0.2, "model.ffn": "moe", "model.fill": "bank", "model.encoder.kind": "mlp",
@@ -49,6 +77,7 @@ PRESETS = {
         "train.gate_loss_weight": 0.01, "train.modality_dropout": 0.2, "train.select": "loss", "train.patience": 15,
     },
 }  # fmt: skip
+PRESETS["i2moe-all"] = {**PRESETS["i2moe"], "method": "i2moe-all", "data.complete_cases": False}  # ours
 
 
 def test_every_preset_is_pinned():

@@ -161,6 +161,8 @@ def prepare(
     fit_NM = apply_protocol(natural_NM, cfg.missing, seed)
     eval_NM = fit_NM if eval_missing is None else apply_protocol(natural_NM, eval_missing, seed)
     column = {m: i for i, m in enumerate(table.order)}  # a modality's column of the presence masks
+    if cfg.complete_cases:
+        rows = complete_rows(rows, fit_NM, eval_NM, f"{table.name} under data.missing={eval_missing or cfg.missing}")
     pre = Preprocessor(table, cfg.scaler).fit(rows["train"], fit_NM[:, [column[m] for m in table.modalities]])
     values, missing = pre.transform(np.arange(len(table.frame)))
     names = pre.feature_names()
@@ -218,6 +220,20 @@ def _fit_source(table: Table, modality: str, train_rows: np.ndarray, present_N: 
             "the modality or give more rows a value"
         )
     return copy.copy(table.sources[modality]).fit(train_rows, present_N)
+
+
+def complete_rows(rows: dict, fit_NM: np.ndarray, eval_NM: np.ndarray, where: str) -> dict[str, np.ndarray]:
+    """``data.complete_cases``: the rows of each split that have every modality (training under the training
+    protocol, validation and test under the evaluated one); an empty split is an error naming the counts."""
+    kept = {k: r[(fit_NM if k == "train" else eval_NM)[r].all(axis=1)] for k, r in rows.items()}
+    empty = [k for k in ("train", "val", "test") if kept[k].size == 0]
+    if empty:
+        counts = ", ".join(f"{k} {kept[k].size} of {rows[k].size}" for k in ("train", "val", "test"))
+        raise DataError(
+            f"data.complete_cases keeps only samples with every modality present, and {where} the {empty[0]} split "
+            f"has none (complete samples: {counts}); use a lower missing rate or data.complete_cases=false"
+        )
+    return kept
 
 
 def _count_unknown(pre: Preprocessor, table: Table, rows: dict, present_NM: np.ndarray) -> dict[str, dict[str, int]]:

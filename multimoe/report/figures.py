@@ -81,7 +81,8 @@ def activation_heatmap(
         ax.scatter([own[rows[i]] for i in ys], ys, marker="s", s=14, facecolors="none", edgecolors="red", lw=0.8)
     for y in separators or []:
         ax.axhline(y - 0.5, color="white", lw=0.8)
-    label = {"slot_share": "share of top-k slots", "weight_share": "share of gate weight", "top1_share": "top-1 share"}
+    label = {"slot_share": "share of top-k slots", "weight_share": "share of gate weight", "top1_share": "top-1 share",
+             "mean_weight": "mean gate weight"}  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).set_label(f"{label.get(share, share)} (sqrt scale)", fontsize=8)
     return to_png(fig)
 

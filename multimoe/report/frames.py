@@ -28,6 +28,13 @@ from multimoe.runs.reopen import OpenRun, open_run
 from multimoe.version import __version__
 
 BOOTSTRAP_RESAMPLES = 1000
+ROUTING = {  # the report's reading of architectures whose routing is not a router's top-k gate weights
+    "i2moe": "I2MoE's reweighting MLP: every sample weighs all M + 2 interaction experts (0..M-1 uniqueness per "
+    "modality, M synergy, M + 1 redundancy); gate weights are its interaction weights",
+    "confsmoe": "Conf-SMoE: noisy top-k of the observed modalities' tokens; gate weights are the experts' confidences",
+    "moe_retriever": "MoE-Retriever's retriever: noisy top-k among the missing modality's and the shared experts, on "
+    "the tokens of each retrieval (the supporting group's and the sample's own inputs)",
+}
 
 
 def initial_bank(run: OpenRun) -> np.ndarray | None:
@@ -89,7 +96,7 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
     targets = [m.targets_S if m.supervision == "combination" else None for m in moes]
     notes: list[str] = []
     frames = routing_frames(tally, schema.modalities, targets)
-    if not moes:
+    if not tally.layers:
         notes.append("the model has no MoE layer (model.ffn=dense): no routing statistics")
 
     metrics = pd.DataFrame(
@@ -124,10 +131,12 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
         "test accuracy": o["accuracy"],
         "test macro F1": o["f1"],
         "test AUC": o["auc"],
-        "MoE layers": len(moes),
-        "experts": moes[0].num_experts if moes else 0,
+        "architecture": run.cfg.model.arch,
+        "MoE layers": len(tally.layers),
+        "experts": tally.layers[0][0].slots_GE.shape[1] if tally.layers else 0,
         "top-k": tally.top_k[0] if tally.top_k else None,
-        "router": f"{r.kind}, layout {r.layout}, supervision {gate.supervision}, map {gate.combination_map}",
+        "router": ROUTING.get(run.cfg.model.arch)
+        or f"{r.kind}, layout {r.layout}, supervision {gate.supervision}, map {gate.combination_map}",
         "missing fill": run.cfg.model.fill,
         "combinations in training": f"{len(seen)} of {S}",
         "multimoe version": __version__,

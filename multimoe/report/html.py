@@ -110,8 +110,11 @@ def _combination_order(names: list[str]) -> list[int]:
     return [i for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]]
 
 
-def _routing_sections(page: _Page, frames: dict[str, pd.DataFrame], modalities: list[str]) -> None:
+def _routing_sections(page: _Page, frames: dict[str, pd.DataFrame], modalities: list[str], arch: str = "") -> None:
     rc_all, rm_all, bal_all = frames["routing_combination"], frames["routing_modality"], frames["load_balance"]
+    if arch == "i2moe":
+        _interaction_section(page, frames, modalities)
+        return
     layers = sorted(rc_all["layer"].unique())
     for layer in layers:
         sfx, title_sfx = (f"_layer{layer}", f" (MoE layer {layer})") if len(layers) > 1 else ("", "")
@@ -163,6 +166,25 @@ def _routing_sections(page: _Page, frames: dict[str, pd.DataFrame], modalities: 
             ),  # fmt: skip
             "expert activation by modality",
         )
+        if arch == "confsmoe":
+            page.h2(f"Expert confidence by modality combination{title_sfx}")
+            page.p(
+                "Conf-SMoE weighs each chosen expert's output by that expert's confidence (its ConfNet) instead of a "
+                "softmax score. Each cell: the mean confidence of the expert's outputs for the combination's observed "
+                "tokens (blank: the expert never chosen there)."
+            )
+            page.figure(
+                f"confidence_combination{sfx}",
+                figs.activation_heatmap(
+                    ac,
+                    names,
+                    "combination",
+                    "Mean expert confidence by combination (test tokens)",
+                    share="mean_weight",
+                    separators=_combination_order(names),
+                ),  # fmt: skip
+                "expert confidence by combination",
+            )
         if own:
             partial = rc[rc["index"] > 0]
             w = partial["tokens"] / max(partial["tokens"].sum(), 1)
@@ -195,6 +217,46 @@ def _routing_sections(page: _Page, frames: dict[str, pd.DataFrame], modalities: 
         page.figure(f"load{sfx}", figs.load_bars(load[load["layer"] == layer], bal, "Load per expert"), "load")
         page.table(rm, "routing_modality")
         page.table(rc, "routing_combination", fold=f"Routing per combination ({len(rc)} rows)")
+
+
+def _interaction_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list[str]) -> None:
+    """I2MoE: its interaction weights per modality combination and per modality, in place of expert activation."""
+    ac, am, rc = frames["activation_combination"], frames["activation_modality"], frames["routing_combination"]
+    M = len(modalities)
+    names_E = [f"{i} uniqueness of {m}" for i, m in enumerate(modalities)] + [f"{M} synergy", f"{M + 1} redundancy"]
+    experts = ", ".join(names_E)
+    names = rc["combination"].tolist()
+    page.h2("Interaction weights by modality combination")
+    page.p(
+        "I2MoE runs every interaction expert on every sample and weighs their logits with the reweighting MLP's "
+        f"weights (they sum to 1 per sample). Experts: {html.escape(experts)}. Each cell: the mean weight the "
+        "combination's test samples give the expert (rows sum to 1)."
+    )
+    page.figure(
+        "interaction_combination",
+        figs.activation_heatmap(
+            ac,
+            names,
+            "combination",
+            "Interaction weights by combination (test samples)",
+            share="weight_share",
+            separators=_combination_order(names),
+        ),  # fmt: skip
+        "interaction weights by combination",
+    )
+    rm = frames["routing_modality"]
+    labels = [f"{m}{'' if o else ' (filled)'}" for m, o in zip(rm["modality"], rm["observed"])]
+    am = am.assign(group=[f"{m}{'' if o else ' (filled)'}" for m, o in zip(am["modality"], am["observed"])])
+    page.h2("Interaction weights by modality")
+    page.p("Mean interaction weights of the test samples that observe each modality, and of those that lack it.")
+    page.figure(
+        "interaction_modality",
+        figs.activation_heatmap(
+            am, labels, "group", "Interaction weights by modality (test samples)", share="weight_share"
+        ),  # fmt: skip
+        "interaction weights by modality",
+    )
+    page.table(rc, "routing_combination", fold=f"Interaction weights' entropy per combination ({len(rc)} rows)")
 
 
 def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list[str]) -> None:
@@ -304,7 +366,7 @@ def render_html(frames: dict[str, pd.DataFrame]) -> tuple[str, dict[str, bytes]]
 
     metrics = frames["metrics"]
     if not frames["routing_combination"].empty:
-        _routing_sections(page, frames, modalities)
+        _routing_sections(page, frames, modalities, str(summary.get("architecture", "")))
     _bank_section(page, frames, modalities)
 
     page.h2("Accuracy, F1 and AUC per modality combination")

@@ -8,6 +8,8 @@ Definitions (the report and its tests rely on them; every share row sums to 1 ov
 - slot share of expert e in a group: the share of the group's (token, top-k slot) assignments that go to e, i.e. the
   fraction of the group's tokens whose top-k includes e, divided by K ("fraction of tokens routed to e");
 - gate-weight share: the share of the group's gate weight (each token's k weights sum to 1) that e receives;
+- mean weight: the mean gate weight of e's assignments in the group (Conf-SMoE: the mean confidence of e's outputs,
+  whose k weights per token do not sum to 1; I2MoE: the mean interaction weight, every token weighing all experts);
 - top-1 share: the share of the group's tokens whose highest-scoring expert is e;
 - own expert (combination supervision, Flex-MoE's S-router): combination c's target expert (``combination_targets``);
   own top-1 / own top-k = share of c's tokens whose top-1 is / whose top-k includes that expert. The full set's
@@ -91,11 +93,11 @@ class RoutingTally:
         """Add one batch's ``ModelOutput`` (its ``moe`` layers and token ``info``)."""
         if not out.moe:  # no MoE layer (dense feed-forward, late fusion): nothing is routed
             return
-        info = out.info
-        combo_T, modality_T = info.combo_T.cpu(), info.modality_T.cpu()
-        observed_T = self.present_SM[combo_T, modality_T]
-        state_T = modality_T * 2 + observed_T.long()
         for i, moe_out in enumerate(out.moe):
+            info = moe_out.info or out.info  # a layer may route its own tokens (a subset, a retriever's)
+            combo_T, modality_T = info.combo_T.cpu(), info.modality_T.cpu()
+            observed_T = self.present_SM[combo_T, modality_T]
+            state_T = modality_T * 2 + observed_T.long()
             r = moe_out.routing
             ids_TK, weights_TK = r.ids_TK.cpu(), r.weights_TK.detach().float().cpu()
             p_TE = r.logits_TE.detach().float().softmax(dim=1)  # -inf outside a disjoint pool: p = 0
@@ -117,6 +119,7 @@ def _group_rows(tally: _GroupTally) -> dict[str, np.ndarray]:
     }
     with np.errstate(divide="ignore", invalid="ignore"):
         router_entropy = np.where(tally.tokens_G > 0, tally.router_entropy_G / tally.tokens_G, np.nan)
+        shares["mean_weight"] = np.where(tally.slots_GE > 0, tally.weight_GE / tally.slots_GE, np.nan)
     usage = np.where(tally.tokens_G > 0, _entropy(np.nan_to_num(shares["weight_share"])), np.nan)
     return {**shares, "router_entropy": router_entropy, "usage_entropy": usage}
 
@@ -127,7 +130,7 @@ def _activation_frame(keys: pd.DataFrame, stats: dict[str, np.ndarray], layer: i
     frame = keys.loc[keys.index.repeat(E)].reset_index(drop=True)
     frame.insert(0, "layer", layer)
     frame["expert"] = np.tile(np.arange(E), G)
-    for name in SHARES:
+    for name in (*SHARES, "mean_weight"):
         frame[name] = stats[name].reshape(-1)
     has = np.repeat(keys["tokens"].to_numpy() > 0, E)
     return frame[has].drop(columns="tokens").reset_index(drop=True)
@@ -224,8 +227,8 @@ def routing_frames(
 ) -> dict[str, pd.DataFrame]:
     """Data frames of the tallied routing, all with a ``layer`` column (0-based MoE layer):
 
-    - ``activation_combination``: layer, combination, index, size, expert, slot/weight/top-1 shares;
-    - ``activation_modality``: layer, modality, observed, expert, the same shares;
+    - ``activation_combination``: layer, combination, index, size, expert, slot/weight/top-1 shares, mean weight;
+    - ``activation_modality``: layer, modality, observed, expert, the same shares and mean weight;
     - ``routing_combination``: layer, combination, index, size, tokens, own expert, own top-1 / top-k share, router
       and usage entropy, effective experts;
     - ``routing_modality``: layer, modality, observed, tokens, router and usage entropy, effective experts;
