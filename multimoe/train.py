@@ -33,6 +33,7 @@ from multimoe.device import peak_memory_mb, setup
 from multimoe.evaluate import evaluate
 from multimoe.guard import FiniteGuard, grad_norm
 from multimoe.model import build_model, compile_model, resolve
+from multimoe.process import release_freed_memory
 from multimoe.runs import resume
 from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 from multimoe.runs.folder import RunFolder
@@ -115,7 +116,9 @@ def fit(model, optimizer, splits: Splits, cfg: Config, folder: RunFolder, progre
         losses = run_epoch(model, optimizer, splits.train, order, t, device, functools.partial(guard.observe, epoch),
                            bar.update, progress.carry)  # fmt: skip
         guard.check()
+        release_freed_memory()  # the heap the steps' varied shapes fragmented (device.py retains it within an epoch)
         val, progress.carry = validate(model, splits.val, t, device)
+        release_freed_memory()
         value = validation_value(val, t.select)
         improved = record_epoch(progress, epoch, value, t.select, t.patience)
         record = {"epoch": epoch, "phase": "warmup" if epoch <= t.warmup_epochs else "train",
@@ -141,9 +144,9 @@ def validate(model, data: MultimodalData, t: TrainConfig, device) -> tuple[dict,
     clears it), else 0. The code's evaluation batches (8) and its eval-mode balance terms give another value; the
     carried amount is a constant in either case, so the gradient does not see it."""
     if not t.carry_val_gate_loss:
-        return evaluate(model, data, t.eval_batch_size, device), 0.0
+        return evaluate(model, data, t.eval_batch_size, device, breakdown=False), 0.0
     gate = []
-    val = evaluate(model, data, t.eval_batch_size, device, lambda out, batch: gate.append(out.aux_loss))
+    val = evaluate(model, data, t.eval_batch_size, device, lambda out, batch: gate.append(out.aux_loss), False)
     return val, float(sum(gate))
 
 
