@@ -7,8 +7,15 @@ backward, optimizer, as ``multimoe.train`` runs them) alternate between the mode
 and each model's median epoch time gives its samples per second. ``--compile`` also times both models under
 ``torch.compile`` (``train.compile=true``), warm-up epochs (which include compilation) excluded.
 
+``--recipe published`` instead measures how close the published recipe itself (``make demo``: configs/flexmoe.yaml
+on mfeat under mcar:0.3, batch 8, one thread by default) comes to the machine: whole epochs as ``multimoe.train``
+runs them (training steps, then validation), its training FLOP rate (cost.py's forward FLOPs per sample, x3 for a
+training sample, x1 for a validation one, / the epoch's seconds) against a large float32 ``torch.mm`` timed in the
+same run on the same threads between the epochs, and the process's peak resident memory.
+
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --compile --epochs 5 data.name=landsat
+    python benchmarks/train_throughput.py --recipe published --epochs 5
 
 Extra arguments are config overrides applied to both models. The last line printed is one JSON object with
 ``flexmoe_over_dense`` (samples per second of Flex-MoE / dense; 1 = as fast as dense) and the lowest and highest
@@ -27,15 +34,95 @@ from pathlib import Path
 import torch
 
 from multimoe.config import Config
+from multimoe.cost import model_costs
 from multimoe.data.prepare import prepare
 from multimoe.data.table import build_table
 from multimoe.model import build_model, resolve
 from multimoe.process import retain_freed_memory
 from multimoe.registry import load_config
-from multimoe.train import epoch_order, make_optimizer, train_step
+from multimoe.train import epoch_order, make_optimizer, run_epoch, train_step, validate
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "flexmoe.yaml"
 DEFAULTS = ["data.name=synthetic", "data.synthetic.modalities=4", "data.missing=mcar:0.3", "train.progress=false"]
+PUBLISHED = ["data.name=mfeat", "data.missing=mcar:0.3", "train.progress=false"]  # make demo's run
+MM_SIZE = 2048  # the reference product: 2048 x 2048 @ 2048 x 2048, float32 (17.2 GFLOP)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far, MB (Linux reports kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mm_rate(repeats: int = 3) -> float:
+    """FLOP/s of a large float32 matrix product on this process's threads (median of ``repeats``)."""
+    a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * MM_SIZE**3 / statistics.median(times)
+
+
+def published(args, overrides: list[str]) -> None:
+    """The published recipe's epochs (training + validation, as multimoe.train.fit runs them) against the machine's
+    matrix-multiply rate measured between them."""
+    torch.set_num_threads(args.threads)
+    retained = not args.system_malloc and retain_freed_memory()
+    cfg = load_config(PRESET, PUBLISHED + overrides)
+    splits = prepare(build_table(cfg.data), cfg.data, cfg.seed)
+    model_cfg, _ = resolve(cfg.model, splits.schema)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg, splits.schema)
+    optimizer = make_optimizer(model, cfg.train)
+    t = cfg.train
+    fwd = model_costs(model, model_cfg, splits.schema)["flops_per_sample"]
+    n_train, n_val = len(splits.train), len(splits.val)
+    flops = fwd * (3 * n_train + n_val)
+    num_present_N = splits.train.present_NM.sum(dim=1)
+    print(
+        f"published recipe, torch {torch.__version__}, {args.threads} thread(s): {cfg.data.name} {cfg.data.missing}, "
+        f"{sum(q.numel() for q in model.parameters()):,} parameters, batch {t.batch_size}, {n_train} training + "
+        f"{n_val} validation samples; {fwd / 1e6:.1f} MFLOP per sample forward, {flops / 1e9:.1f} GFLOP per epoch; "
+        f"median of {args.epochs} epochs after one warm-up epoch, a {MM_SIZE}^3 torch.mm timed after each"
+        + ("; freed memory retained" if retained else "")
+    )
+    epochs, mms = [], []
+    for epoch in range(1, args.epochs + 2):
+        order = epoch_order(epoch, num_present_N, t, cfg.seed)
+        start = time.perf_counter()
+        run_epoch(model, optimizer, splits.train, order, t, "cpu", lambda *a: None, lambda: None)
+        validate(model, splits.val, t, "cpu")
+        seconds = time.perf_counter() - start
+        rate = mm_rate()
+        if epoch > 1:  # the first epoch warms up
+            epochs.append(seconds)
+            mms.append(rate)
+        print(f"  epoch {epoch}: {seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s; mm {rate / 1e9:.1f} GFLOP/s")
+    ratios = sorted(flops / s / r for s, r in zip(epochs, mms))
+    seconds, mm = statistics.median(epochs), statistics.median(mms)
+    result = {
+        "recipe": "published",
+        "dataset": cfg.data.name,
+        "threads": args.threads,
+        "retained_memory": retained,
+        "epoch_seconds": round(seconds, 3),
+        "samples_per_second": round(n_train / seconds, 1),
+        "train_gflops_per_second": round(flops / seconds / 1e9, 2),
+        "mm_gflops_per_second": round(mm / 1e9, 2),
+        "fraction_of_mm": round(flops / seconds / mm, 3),
+        "fraction_of_mm_per_epoch": {"min": round(ratios[0], 3), "max": round(ratios[-1], 3)},
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+    print(
+        f"{result['samples_per_second']} samples/s, {result['train_gflops_per_second']} GFLOP/s = "
+        f"{result['fraction_of_mm']:.3f} of torch.mm's {result['mm_gflops_per_second']} GFLOP/s (per epoch "
+        f"{ratios[0]:.3f} to {ratios[-1]:.3f}); peak resident memory {result['peak_rss_mb']} MB"
+    )
+    print(json.dumps(result))
 
 
 class Trainer:
@@ -69,12 +156,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="config overrides for both models (key=value)")
     p.add_argument("--epochs", type=int, default=7, help="timed epochs per model (median; >= 5)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 2; 1 with --recipe published)")
+    p.add_argument(
+        "--recipe",
+        choices=["compare", "published"],
+        default="compare",
+        help="compare: Flex-MoE against dense (default); published: make demo's recipe against torch.mm",
+    )
     p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     p.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc policy as it is")
     args = p.parse_args(argv)
     if args.epochs < 5:
         p.error(f"--epochs {args.epochs}: medians need at least 5 epochs")
+    if args.recipe == "published":
+        if args.compile:
+            p.error("--compile applies to --recipe compare")
+        args.threads = args.threads or 1
+        return published(args, args.overrides)
+    args.threads = args.threads or 2
     torch.set_num_threads(args.threads)
     retained = not args.system_malloc and retain_freed_memory()  # as multimoe.train does on CPU
     base = load_config(PRESET, DEFAULTS + args.overrides)

@@ -162,7 +162,7 @@ class TrainConfig:
     # data.py load_and_preprocess_data's list(set(ids)), then MultiModalDataset's stable sorted())
     order_ties: Literal["stable", "seeded"] = "stable"
     batch_size: int = 8  # training batch size
-    eval_batch_size: int = 512  # batch size for validation and test
+    eval_batch_size: int = 64  # batch size for validation and test (result-neutral: evaluate.EVAL_BATCH_SIZE)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-4  # learning rate
     weight_decay: float = 0.0  # weight decay

@@ -234,11 +234,11 @@ class Context:
     # -- evaluation ---------------------------------------------------------------------------------------------------
 
     def evaluate(self, model: nn.Module, data: MultimodalData, batch_size: int, device: torch.device,
-                 on_output: Callable | None = None) -> dict:  # fmt: skip
+                 on_output: Callable | None = None, breakdown: bool = True) -> dict:  # fmt: skip
         """``evaluate``: in several processes each rank predicts its chunks of the batches and every rank computes
         the metrics from all predictions (identical on every rank)."""
         if not self.active:
-            return evaluate(model, data, batch_size, device, on_output)
+            return evaluate(model, data, batch_size, device, on_output, breakdown)
         if len(data) < self.world:
             raise ConfigError(f"a split of {len(data)} rows cannot be shared by {self.world} processes")
         part = shard(torch.arange(len(data)), batch_size, self.rank, self.world)
@@ -255,7 +255,7 @@ class Context:
         ]
         whole = Predictions(probs_NC, data.labels_N.numpy(), data.combo_N.numpy(),
                             sum(p[2] for p in parts) / len(data), routing)  # fmt: skip
-        return metrics_from_predictions(whole, data.schema.modalities)
+        return metrics_from_predictions(whole, data.schema.modalities, breakdown)
 
     # -- files: rank 0 writes and reads, the others receive --------------------------------------------------------
 

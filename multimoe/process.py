@@ -5,8 +5,11 @@ Allocator: glibc's malloc serves large blocks with mmap and trims the heap top, 
 re-allocates the same activations every step faults every page of them back in, every step. On the 2-core VM where
 the engine was measured (benchmarks/), that cost about 2 ms of a 15 ms Flex-MoE training step and 0.7 ms of an 11 ms
 dense one (an MoE makes more, and more varied, tensors than a dense FFN). jemalloc or tcmalloc preloaded do the same
-job; this needs no extra library. The process then holds on to its peak heap, which a training loop reaches every
-step anyway.
+job; this needs no extra library. The heap keeps what it frees, so its size follows fragmentation: the published
+Flex-MoE recipe on mfeat (3 epochs with validation, one thread, freed memory returned after each epoch and each
+validation by ``release_freed_memory``) peaked at 839 MB when blocks up to 256 MB stayed in the heap, 695 MB with
+blocks of 4 MB and more served by mmap (the default below), 882 MB with glibc's own policy (benchmarks/
+train_throughput.py --recipe published prints the speed).
 
 Both reach libc the same way: through the symbols already loaded into the process (``ctypes.CDLL(None)``), so no
 library is looked up by name.
@@ -36,7 +39,7 @@ def _libc_function(name: str):
         return None
 
 
-def retain_freed_memory(mmap_threshold: int = 256 << 20) -> bool:
+def retain_freed_memory(mmap_threshold: int = 4 << 20) -> bool:
     """Keep freed blocks smaller than ``mmap_threshold`` bytes for reuse and never trim the heap (glibc only;
     elsewhere a no-op). Returns whether the policy is in force. Safe to call repeatedly."""
     mallopt = _libc_function("mallopt")

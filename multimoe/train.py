@@ -37,6 +37,7 @@ from multimoe.evaluate import evaluate
 from multimoe.guard import FiniteGuard, grad_norm
 from multimoe.model import build_model, compile_model, resolve
 from multimoe.pools import fill_pools, resolve_pool_rows
+from multimoe.process import release_freed_memory
 from multimoe.runs import resume
 from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
 from multimoe.runs.folder import RunFolder
@@ -147,7 +148,9 @@ def fit(model, optimizer, splits: Splits, cfg: Config, folder: RunFolder, progre
         losses = run_epoch(trained, optimizer, splits.train, order, t, device, functools.partial(guard.observe, epoch),
                            bar.update, progress.carry, ctx)  # fmt: skip
         guard.check()
+        release_freed_memory()  # the heap the steps' varied shapes fragmented (device.py retains it within an epoch)
         val, progress.carry = validate(model, splits.val, t, device, ctx)
+        release_freed_memory()
         value = validation_value(val, t.select)
         improved = record_epoch(progress, epoch, value, t.select, t.patience)
         record = {"epoch": epoch, "phase": "warmup" if epoch <= t.warmup_epochs else "train",
@@ -183,14 +186,11 @@ def validate(model, data: MultimodalData, t: TrainConfig, device, ctx: Context =
 
 
 def _evaluate(model, data: MultimodalData, batch_size: int, device, ctx: Context, on_output=None) -> dict:
-    """``evaluate``, or under torchrun its sharded form (every rank gets the metrics of the whole split)."""
+    """Validation metrics for model selection (overall only: ``evaluate``'s ``breakdown=False``), or under torchrun
+    their sharded form (every rank gets the metrics of the whole split)."""
     if ctx.active:
-        return ctx.evaluate(model, data, batch_size, device, on_output)
-    return (
-        evaluate(model, data, batch_size, device)
-        if on_output is None
-        else evaluate(model, data, batch_size, device, on_output)
-    )
+        return ctx.evaluate(model, data, batch_size, device, on_output, breakdown=False)
+    return evaluate(model, data, batch_size, device, on_output, breakdown=False)
 
 
 def run_epoch(model, optimizer, data: MultimodalData, order: torch.Tensor, t: TrainConfig, device, check, tick,

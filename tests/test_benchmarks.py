@@ -73,6 +73,18 @@ def test_scaling_benchmark_ends_with_the_efficiencies():
     assert 0 <= result["communication_share"]["ep_all_to_all"] <= 1
 
 
+@pytest.mark.slow
+def test_published_recipe_benchmark_ends_with_the_fraction_of_mm():
+    tiny = ["data.name=synthetic", "data.synthetic.samples=60", "data.synthetic.modalities=2"]
+    result = last_json(run("train_throughput.py", "--recipe", "published", "--epochs", "5", *tiny))
+    assert result["threads"] == 1 and result["recipe"] == "published" and result["peak_rss_mb"] > 0
+    assert result["fraction_of_mm"] == pytest.approx(
+        result["train_gflops_per_second"] / result["mm_gflops_per_second"], rel=0.02
+    )
+    spread = result["fraction_of_mm_per_epoch"]
+    assert 0 < spread["min"] <= result["fraction_of_mm"] <= spread["max"]
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -81,6 +93,7 @@ def test_scaling_benchmark_ends_with_the_efficiencies():
         ("moe_layer.py", ["--shape", "4,8,16,32,40"], "1 <= k <= E"),
         ("moe_layer.py", ["--shape", "4,2,16,32"], "E,k,D,H,T"),
         ("train_throughput.py", ["--epochs", "2"], "at least 5 epochs"),
+        ("train_throughput.py", ["--recipe", "published", "--compile"], "--compile applies to --recipe compare"),
         ("predict.py", ["--reps", "3"], "at least 5 repetitions"),
         ("scaling.py", ["--rounds", "2"], "at least 1 step and 3 rounds"),
     ],

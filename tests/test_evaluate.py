@@ -147,6 +147,17 @@ def test_evaluate_scores_the_presence_each_sample_has():
     assert by == {"a+b": 1.0, "a": 0.5, "b": 1.0}
 
 
+def test_evaluate_without_breakdown_gives_the_overall_numbers_in_any_batch_size():
+    # training's model selection reads overall metrics only: same numbers, no groups; batches of 1 and 3 rows
+    data = presence_data(np.array([[True, True], [True, False], [False, True], [True, False]]), [1, 0, 1, 1])
+    full = evaluate(PresenceModel(data.schema), data)
+    for batch_size in (1, 3):
+        lean = evaluate(PresenceModel(data.schema), data, batch_size, breakdown=False)
+        assert set(lean) == {"overall", "loss", "routing"}
+        assert lean["overall"] == full["overall"] and lean["overall"]["accuracy"] == 0.75
+        assert lean["loss"] == pytest.approx(full["loss"])
+
+
 def test_evaluate_combinations_shows_every_sample_each_combination_its_data_allow():
     # every sample is labelled 1; the model predicts 1 exactly when it sees b
     data = presence_data(np.ones((4, 2), dtype=bool), [1, 1, 1, 1])
