@@ -179,18 +179,19 @@ def validate(model, data: MultimodalData, t: TrainConfig, device, ctx: Context =
     carried amount is a constant in either case, so the gradient does not see it. Under torchrun: summed over the
     ranks' shards."""
     if not t.carry_val_gate_loss:
-        return _evaluate(model, data, t.eval_batch_size, device, ctx), 0.0
+        return _evaluate(model, data, t.eval_batch_size, device, ctx, breakdown=False), 0.0
     gate = []
-    val = _evaluate(model, data, t.eval_batch_size, device, ctx, lambda out, batch: gate.append(out.aux_loss))
+    val = _evaluate(model, data, t.eval_batch_size, device, ctx, lambda out, batch: gate.append(out.aux_loss), False)
     return val, ctx.sum_over_ranks([float(sum(gate))])[0]
 
 
-def _evaluate(model, data: MultimodalData, batch_size: int, device, ctx: Context, on_output=None) -> dict:
-    """Validation metrics for model selection (overall only: ``evaluate``'s ``breakdown=False``), or under torchrun
-    their sharded form (every rank gets the metrics of the whole split)."""
+def _evaluate(model, data: MultimodalData, batch_size: int, device, ctx: Context, on_output=None,
+              breakdown: bool = True) -> dict:  # fmt: skip
+    """``evaluate`` (``breakdown=False``: overall metrics only, as model selection reads them), or under torchrun its
+    sharded form (every rank gets the metrics of the whole split)."""
     if ctx.active:
-        return ctx.evaluate(model, data, batch_size, device, on_output, breakdown=False)
-    return evaluate(model, data, batch_size, device, on_output, breakdown=False)
+        return ctx.evaluate(model, data, batch_size, device, on_output, breakdown)
+    return evaluate(model, data, batch_size, device, on_output, breakdown)
 
 
 def run_epoch(model, optimizer, data: MultimodalData, order: torch.Tensor, t: TrainConfig, device, check, tick,
