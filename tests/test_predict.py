@@ -120,6 +120,22 @@ def test_output_table_keeps_ids_and_order_and_counts_combinations(run_dir, tmp_p
     assert "metrics" not in line  # no label column
 
 
+def assert_nested_close(a, b, rel=1e-6):
+    """Equal structure and labels; floats equal to ``rel``."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for key in a:
+            assert_nested_close(a[key], b[key], rel)
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_nested_close(x, y, rel)
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=rel, nan_ok=True)
+    else:
+        assert a == b
+
+
 def test_chunks_parquet_and_the_python_api_give_the_same_predictions(run_dir, tmp_path):
     df = patients(50, seed=2)
     df.to_csv(tmp_path / "new.csv", index=False)
@@ -131,7 +147,9 @@ def test_chunks_parquet_and_the_python_api_give_the_same_predictions(run_dir, tm
     pd.testing.assert_frame_equal(a.drop(columns=["proba_0", "proba_1", "proba_2"]),
                                   b.drop(columns=["proba_0", "proba_1", "proba_2"]), check_dtype=False)  # fmt: skip
     np.testing.assert_allclose(a.filter(like="proba").to_numpy(), b.filter(like="proba").to_numpy(), atol=1e-6)
-    assert whole["by_combination"] == chunked["by_combination"] and whole["metrics"] == chunked["metrics"]
+    # the chunks run the network on other batch shapes: float32 sums differ in the last bits, the metrics by ~1e-9
+    assert_nested_close(whole["by_combination"], chunked["by_combination"])
+    assert_nested_close(whole["metrics"], chunked["metrics"])
     np.testing.assert_allclose(predictor.predict_proba(df), a.filter(like="proba").to_numpy(), atol=1e-6)
     assert predictor.predict(df).tolist() == a["prediction"].tolist()
     assert predictor.classes_.tolist() == [0, 1, 2]  # the label was integer: so are the class names

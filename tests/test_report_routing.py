@@ -116,8 +116,13 @@ def test_frame_columns_and_types():
                                                    "usage_entropy", "effective_experts"]  # fmt: skip
     assert f["routing_modality"]["observed"].tolist() == [True, True, False]  # observed modalities first
     assert list(f["activation_combination"].columns) == ["layer", "combination", "index", "size", "expert",
-                                                         "slot_share", "weight_share", "top1_share"]  # fmt: skip
+                                                         "slot_share", "weight_share", "top1_share",
+                                                         "mean_weight"]  # fmt: skip
     assert f["activation_combination"].index.tolist() == list(range(6))
+    # top-1 routing: every slot an expert takes carries gate weight 1; an expert no token of a group chose has none
+    mean_weight = f["activation_combination"]["mean_weight"]
+    assert mean_weight[f["activation_combination"]["slot_share"] > 0].tolist() == [1.0] * 4  # a: 0, 1; b: 0, 2
+    assert mean_weight[f["activation_combination"]["slot_share"] == 0].isna().sum() == 2
     load = f["load"]
     assert load["slots"].dtype == np.int64 and load["slot_share"].tolist() == [0.5, 0.25, 0.25]
     assert load["importance"].tolist() == [2.0, 1.0, 1.0]  # top-1: every gate weight is 1
