@@ -38,7 +38,7 @@ from multimoe.cost import model_costs
 from multimoe.data.prepare import prepare
 from multimoe.data.table import build_table
 from multimoe.model import build_model, resolve
-from multimoe.process import retain_freed_memory
+from multimoe.process import release_freed_memory, retain_freed_memory
 from multimoe.registry import load_config
 from multimoe.train import epoch_order, make_optimizer, run_epoch, train_step, validate
 
@@ -95,7 +95,9 @@ def published(args, overrides: list[str]) -> None:
         order = epoch_order(epoch, num_present_N, t, cfg.seed)
         start = time.perf_counter()
         run_epoch(model, optimizer, splits.train, order, t, "cpu", lambda *a: None, lambda: None)
+        release_freed_memory()  # as multimoe.train.fit does after the steps and after validation
         validate(model, splits.val, t, "cpu")
+        release_freed_memory()
         seconds = time.perf_counter() - start
         rate = mm_rate()
         if epoch > 1:  # the first epoch warms up
