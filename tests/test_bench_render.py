@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 
 from multimoe.bench import append_cell, render
-from multimoe.bench.render import combination_tables, missing_rate_curves, summary_table
+from multimoe.bench.render import (
+    combination_frame,
+    combination_tables,
+    load_frame,
+    markdown_paired,
+    markdown_per_size,
+    missing_rate_curves,
+    point_label,
+    summary_table,
+)
 from multimoe.bench.sweep import Sweep
 
 SEEDS = [0, 1, 2]
@@ -76,7 +85,7 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 def test_primary_metric_marks_and_means(rendered):
     text, _, _ = rendered
-    rows = table_rows(text)
+    rows = table_rows(text.split("## Paired differences")[0])
     assert rows["method"] == ["support2 natural (auc)", "mfeat mcar:0.3 (accuracy)"]
     assert rows["ref"] == ["0.810 ± 0.010", "0.910 ± 0.010"]
     assert rows["good"] == ["0.863 ± 0.015 ▲", "0.960 ± 0.010 ▲"]
@@ -129,7 +138,10 @@ def test_combination_tables_in_published_order_and_sweep_order():
             for s in (0, 1)
         ]  # fmt: skip
     )
-    table = combination_tables(combos, sweep)["p"]
+    combos = pd.concat([combos.assign(point="q"), combos])  # point q first: tables follow the frame's point order
+    tables = combination_tables(combos, sweep)
+    assert list(tables) == ["q", "p"]
+    table = tables["p"]
     assert list(table.columns) == ["ref", "good", "bad"]
     assert list(table.index.get_level_values("combination")) == ["a+b", "a", "b"]
     assert table.loc[(1, "a"), "good"] == pytest.approx(0.7 + 1 + 0.5)  # mean over seeds 0 and 1
@@ -152,10 +164,25 @@ def test_missing_rate_curves_by_hand():
             for r in (0.0, 0.5)
             for s in (0, 1, 2)
         ]  # fmt: skip
-        + [{"dataset": "e", "missing": "mcar:0.3", "method": "ref", "classes": 2, "seed": 0, "accuracy": 1, "auc": 1}]
+        + [{"dataset": "a", "missing": "mcar:0.3", "method": "ref", "classes": 2, "seed": 0, "accuracy": 1, "auc": 1}]
+        + [
+            {
+                "dataset": "e",
+                "missing": f"mcar:{r}",
+                "method": "ref",
+                "classes": 2,
+                "seed": 0,
+                "accuracy": 1 - r,
+                "auc": r,
+            }
+            for r in (0.1, 0.2)
+        ]  # fmt: skip
     )
     curves = missing_rate_curves(frame, sweep)
-    assert set(curves.dataset) == {"d"}  # a dataset with one rate draws no curve
+    assert set(curves.dataset) == {"d", "e"}  # a dataset with one rate (a) draws no curve
+    binary = curves[curves.dataset == "e"]
+    assert list(binary.metric) == ["auc", "auc"] and list(binary["mean"]) == [0.1, 0.2]  # binary: AUC
+    curves = curves[curves.dataset == "d"]
     assert list(curves.method) == ["ref", "ref", "good", "good"]  # the sweep's method order
     row = curves[(curves.method == "good") & (curves.rate == 0.5)].iloc[0]
     assert row["mean"] == pytest.approx(1.1) and row["metric"] == "accuracy"  # 0.5 + 0.5 + (0, .1, .2) mean .1
@@ -179,3 +206,209 @@ def test_calibration_rows_compare_lower_as_better_and_old_cells_have_none(tmp_pa
     ece = summary[(summary.method == "good") & (summary.metric == "ece")].iloc[0]
     assert ece["verdict"] == "better" and ece["diff"] == pytest.approx(-0.029 / 3)
     assert set(summary[summary.method == "bad"].metric) == {"accuracy", "f1", "auc"}  # cells without calibration
+
+
+def test_paired_difference_table_by_hand(rendered):
+    text, _, _ = rendered
+    section = text.split("## Paired differences from `ref` (primary metric, 95 % t interval)\n\n")[1].split("\n\n")[0]
+    rows = table_rows(section)
+    assert rows["method"] == ["support2 natural", "mfeat mcar:0.3"]
+    assert "ref" not in rows  # the reference is not compared with itself
+    # binary AUC, good - ref: 0.05, 0.04, 0.07 -> +0.0533, half-width 4.302653 * 0.015275 / sqrt(3) = 0.0379
+    assert rows["good"][0] == "+0.053 [+0.015, +0.091] (3 seeds)"
+    # binary AUC, bad - ref: -0.10, -0.07, -0.09 -> -0.0867 with the same spread
+    assert rows["bad"][0] == "-0.087 [-0.125, -0.049] (3 seeds)"
+    # multiclass accuracy, good - ref: 0.05, 0.04, 0.06 -> +0.05, std 0.01, half-width 0.0248
+    assert rows["good"][1] == "+0.050 [+0.025, +0.075] (3 seeds)"
+    assert text.split("## Paired differences")[1].split("## Compute")[0].endswith(" (3 seeds) |\n\n")
+
+
+def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
+    """Every line of README.md, worked out by hand: no reference (no marks, no paired table), two MCAR rates of one
+    dataset (a curve) and an extra override, a method with one seed (no ±), one run at the second point only, one
+    never run, a cell without FLOPs, per-combination results in one cell, three logged sessions (the last line of
+    each counts)."""
+    low, high = {"data.name": "x", "data.missing": "mcar:0.1"}, {"data.name": "x", "data.missing": "mcar:0.5",
+                                                                 "train.lr": 0.1}  # fmt: skip
+    sweep = Sweep(name="gaps", methods={m: {"preset": "-", "overrides": {}} for m in ("a", "b", "c", "d")},
+                  grid=[low, high], seeds=[0, 1], description="Gaps.")  # fmt: skip
+    done = [("a", low, 0, 0.80, 10, 3), ("a", low, 1, 0.90, 20, 5), ("a", high, 0, 0.60, 60, 7),
+            ("b", low, 0, 0.70, 5, 2), ("c", high, 0, 0.55, 8, 1)]  # fmt: skip
+    cells = {(c["method"], json.dumps(c["point"]), c["seed"]): c for c in sweep.cells()}
+    combos = [{"combination": "a", "index": 1, "size": 1, "n": 5, "accuracy": 0.4, "auc": 0.5, "f1": 0.4}]
+    for method, point, seed, acc, seconds, epochs in done:
+        cell = cells[method, json.dumps(point), seed]
+        append_cell(tmp_path / "cells.jsonl", {**cell, "status": "ok", "dataset": "x", "classes": 10,
+                    "test": {"n": 10, "accuracy": acc, "f1": acc, "auc": 0.9}, "parameters": 10,
+                    "active_parameters": 4, "flops_per_sample": None if method == "b" else 10_005_001,
+                    "train_seconds": seconds, "epochs_run": epochs, "best_epoch": 1,
+                    "combinations": combos if method == "c" else None})  # fmt: skip
+    (tmp_path / "gaps").mkdir()
+    sessions = [{"started": 1, "seconds": 30, "jobs": 2}, {"started": 1, "seconds": 200, "jobs": 2},
+                {"started": 2, "seconds": 100, "jobs": 1}, {"started": 3, "seconds": 300, "jobs": 4}]  # fmt: skip
+    (tmp_path / "gaps" / "sessions.jsonl").write_text("".join(json.dumps(s) + "\n" for s in sessions))
+    readme = render(sweep, tmp_path, command="multimoe bench gaps.yaml")
+    assert readme == tmp_path / "gaps" / "README.md"
+    text = readme.read_text()
+    assert text == (
+        "# Sweep `gaps`\n\nGaps.\n\nMade by: `multimoe bench gaps.yaml`\n\n"
+        # 5 of 4 x 2 x 2 cells; sessions 200 s + 100 s + 300 s = 10.0 min, the last session's 4 workers
+        "Cells finished: 5 of 16 (4 methods x 2 grid points x 2 seeds); wall time of the sweep's sessions: 10.0 min "
+        "(3 session(s), 4 workers).\n\n"
+        "## Test results (mean ± std over seeds)\n\n"
+        "| method | x mcar:0.1 (accuracy) | x mcar:0.5 (train.lr=0.1) (accuracy) |\n"
+        "| --- | --- | --- |\n"
+        "| a | 0.850 ± 0.071 | 0.600 |\n"  # 0.80, 0.90: std 0.1 / sqrt(2); one seed: no ±
+        "| b | 0.700 | – |\n"
+        "| c | – | 0.550 |\n\n"  # d never ran: no row
+        "## Compute\n\n"
+        "| dataset | method | parameters | active parameters | MFLOPs / sample | train s (median) | epochs |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
+        "| x | a | 10 | 4 | 10.01 | 20 | 5 |\n"  # 10.005001 MFLOPs; medians of 10, 20, 60 s and 3, 5, 7 epochs
+        "| x | b | 10 | 4 | – | 5 | 2 |\n"
+        "| x | c | 10 | 4 | 10.01 | 8 | 1 |\n\n"
+        "## Plots\n\n"
+        "![x-missing-rate](plots/x-missing-rate.png)\n"  # two MCAR rates of x: a curve
+        "![x_mcar0.5_(train.lr=0.1)-combinations](plots/x_mcar0.5_(train.lr=0.1)-combinations.png)\n\n"
+        "Full statistics (every metric, 95 % CIs, paired differences and p-values): `summary.csv`; per-combination "
+        "results: `combinations.csv`; raw per-cell records (every sweep's): `../cells.jsonl`.\n"
+    )
+    assert render(sweep, tmp_path).read_text() == text.replace("Made by: `multimoe bench gaps.yaml`\n\n", "")
+    header, first = (tmp_path / "gaps" / "summary.csv").read_text().splitlines()[:2]
+    assert header.startswith("point,method,metric,n,mean,std,") and first.startswith("x mcar:0.1,a,accuracy,2,0.85000,")
+    assert json.loads((tmp_path / "gaps" / "summary.json").read_text()) == {"cells": 5, "expected": 16}
+    assert (tmp_path / "gaps" / "combinations.csv").read_text().splitlines() == [
+        "point,method,index,combination,size,metric,mean,std,count",
+        "x mcar:0.5 (train.lr=0.1),c,1,a,1,accuracy,0.40000,,1",  # one seed: no std
+    ]
+
+
+def test_readme_without_per_combination_results(tmp_path):
+    sweep = Sweep(name="plain", methods={"a": {"preset": "-", "overrides": {}}}, grid=[{"data.name": "x"}], seeds=[0])
+    append_cell(tmp_path / "cells.jsonl", {**sweep.cells()[0], "status": "ok", "dataset": "x", "classes": 10,
+                "test": {"accuracy": 0.5}, "parameters": 1, "active_parameters": 1, "flops_per_sample": 1.0,
+                "train_seconds": 1.0, "epochs_run": 1})  # fmt: skip
+    text = render(sweep, tmp_path).read_text()
+    assert text.endswith(
+        "## Plots\n\nFull statistics (every metric, 95 % CIs, paired differences and p-values): `summary.csv`; raw "
+        "per-cell records (every sweep's): `../cells.jsonl`.\n"
+    )
+    assert not (tmp_path / "plain" / "combinations.csv").exists()
+
+
+def test_paired_table_with_one_two_and_three_pairs_and_gaps():
+    sweep = Sweep(name="p", methods={m: {"preset": "-", "overrides": {}} for m in ("ref", "m1", "m2", "m3")},
+                  grid=[], seeds=[0, 1, 2], reference="ref")  # fmt: skip
+    runs = {  # (method, point): accuracy per seed (None: not run)
+        ("ref", "p"): [0.50, 0.60, 0.70], ("m1", "p"): [0.60, 0.70, 0.90],  # +0.10, +0.10, +0.20
+        ("m2", "p"): [0.55, 0.70, None], ("m2", "q"): [0.9, None, None],  # +0.05, +0.10; no reference at q
+        ("m3", "q"): [0.5, 0.5, None],
+    }  # fmt: skip
+    rows = [{"point": p, "method": m, "seed": s, "classes": 10, "accuracy": v, "f1": v, "auc": v, "brier": None,
+             "ece": None}
+            for (m, p), values in runs.items() for s, v in enumerate(values) if v is not None]  # fmt: skip
+    text = markdown_paired(summary_table(pd.DataFrame(rows), sweep), sweep)
+    # m1: mean +0.1333, std 0.0577, half-width 4.302653 * 0.0577 / sqrt(3) = 0.1434; m2: mean +0.075, std 0.0354,
+    # half-width 12.7062 * 0.0354 / sqrt(2) = 0.3177
+    assert text == (
+        "| method | p | q |\n"
+        "| --- | --- | --- |\n"
+        "| m1 | +0.133 [-0.010, +0.277] (3 seeds) | – |\n"
+        "| m2 | +0.075 [-0.243, +0.393] (2 seeds) | – |\n"
+        "| m3 | – | – |"
+    )
+    one = summary_table(pd.DataFrame([r for r in rows if not (r["method"] == "m2" and r["seed"] == 1)]), sweep)
+    assert "| m2 | +0.050 (1 seed) | – |" in markdown_paired(one, sweep)  # one pair: no interval
+
+
+def test_readme_head_with_a_reference_line_by_line(rendered):
+    text, _, _ = rendered
+    head = text.split("## Test results (mean ± std over seeds)\n\n")[1].split("\n\n")[0]
+    assert head == (
+        "Marks against `ref` (paired over seeds, 95 % t interval of the difference): ▲ better beyond noise, ▼ worse "
+        "beyond noise, ≈ within noise. No multiple-comparison correction."
+    )
+    assert text.split("\n\n")[:5] == [
+        "# Sweep `marks`",
+        "Hand-made cells.",
+        "Made by: `multimoe bench marks.yaml`",
+        "Cells finished: 18 of 18 (3 methods x 2 grid points x 3 seeds); wall time of the sweep's sessions: 0.0 min "
+        "(0 session(s), ? workers).",  # no sessions.jsonl
+        "What is held equal: nothing",
+    ]
+    assert text.endswith(
+        "## Plots\n\n![mfeat_mcar0.3-combinations](plots/mfeat_mcar0.3-combinations.png)\n\n"
+        "Full statistics (every metric, 95 % CIs, paired differences and p-values): `summary.csv`; per-combination "
+        "results: `combinations.csv`; raw per-cell records (every sweep's): `../cells.jsonl`.\n"
+    )
+
+
+def test_point_labels():
+    assert point_label({"data.name": "x", "data.missing": "mcar:0.1"}) == "x mcar:0.1"
+    assert point_label({"data.missing": "mcar:0.1"}) == "mcar:0.1"  # no dataset named: nothing in its place
+    assert point_label({"data.name": "x"}) == "x"
+    assert point_label({"train.lr": 0.1, "data.name": "x", "model.dim": 8}) == "x (model.dim=8, train.lr=0.1)"
+
+
+def test_frame_rows_skip_foreign_and_failed_cells_and_fill_defaults(tmp_path):
+    sweep = Sweep(name="f", methods={"a": {"preset": "-", "overrides": {}}}, grid=[{"data.name": "x"}], seeds=[0, 1])
+    first, second = sweep.cells()
+    append_cell(tmp_path / "cells.jsonl", {"key": "another sweep's", "status": "ok"})  # before this sweep's cells
+    append_cell(tmp_path / "cells.jsonl", {**first, "status": "error", "error": "boom"})
+    base = {"status": "ok", "dataset": "x", "test": {"accuracy": 0.5}, "train_seconds": 2.0, "best_epoch": 3}
+    append_cell(tmp_path / "cells.jsonl", {**first, **base})  # a cell stored without its class count
+    append_cell(tmp_path / "cells.jsonl", {**second, **base, "classes": 2, "best_epoch": 7})
+    frame = load_frame(sweep, tmp_path)
+    assert list(frame.seed) == [0, 1]
+    assert list(frame.missing) == ["natural", "natural"]  # no data.missing in the point
+    sweep.grid = [{"data.name": "x", "data.missing": "mcar:0.3"}]
+    append_cell(tmp_path / "cells.jsonl", {**sweep.cells()[0], **base})
+    assert list(load_frame(sweep, tmp_path).missing) == ["mcar:0.3"]
+    assert list(frame.classes) == [0, 2] and list(frame.best_epoch) == [3, 7]
+    assert frame.f1.isna().all() and list(frame.train_seconds) == [2.0, 2.0]
+
+
+def test_combination_frame_reads_the_primary_metric_per_cell(tmp_path):
+    combos = [{"combination": "a", "index": 1, "size": 1, "n": 4, "accuracy": 0.25, "auc": 0.75, "f1": 0.2}]
+    frame = pd.DataFrame([{"point": "p", "method": "m", "seed": s, "classes": k, "record": {"combinations": combos}}
+                          for s, k in ((3, 2), (4, 10))] + [{"point": "p", "method": "m", "seed": 5, "classes": 10,
+                          "record": {}}])  # fmt: skip
+    rows = combination_frame(frame).to_dict("records")
+    common = {"point": "p", "method": "m", "combination": "a", "index": 1, "size": 1, "n": 4}
+    assert rows == [{**common, "seed": 3, "metric": "auc", "value": 0.75},  # binary: AUC
+                    {**common, "seed": 4, "metric": "accuracy", "value": 0.25}]  # fmt: skip
+
+
+def test_pairs_leave_out_seeds_where_either_side_is_undefined(tmp_path):
+    sweep = sweep_of(tmp_path)
+    rows = []
+    for method, aucs in (("ref", (0.80, 0.82, None, 0.81)), ("good", (0.85, None, 0.90, 0.86))):
+        for seed, auc in enumerate(aucs):
+            rows.append({"point": "p", "method": method, "seed": seed, "classes": 2, "accuracy": 0.5, "f1": 0.5,
+                         "auc": auc, "brier": None, "ece": None})  # fmt: skip
+    good = summary_table(pd.DataFrame(rows), sweep)
+    good = good[(good.method == "good") & (good.metric == "auc")].iloc[0]
+    assert good["pairs"] == 2 and good["diff"] == pytest.approx(0.05)  # seeds 0 and 3: +0.05, +0.05
+    assert good["n"] == 3 and good["mean"] == pytest.approx(2.61 / 3)  # its own mean over its 3 defined seeds
+
+
+def test_per_size_table_by_hand():
+    sweep = Sweep(name="s", methods={m: {"preset": "-", "overrides": {}} for m in ("a", "b")}, grid=[], seeds=[0, 1])
+    per_size = {  # (method, seed): per-size test results
+        ("a", 0): [{"size": 2, "n": 3, "accuracy": 0.1, "auc": 0.8}, {"size": 1, "n": 2, "accuracy": 0.1, "auc": 0.5}],
+        ("a", 1): [{"size": 2, "n": 3, "accuracy": 0.1, "auc": 0.9}, {"size": 1, "n": 2, "accuracy": 0.1, "auc": 0.7}],
+        ("b", 0): [{"size": 2, "n": 3, "accuracy": 0.1, "auc": 0.6}],
+    }
+    frame = pd.DataFrame(
+        [{"point": "p", "method": m, "seed": s, "classes": 2, "record": {"test_per_size": v}}
+         for (m, s), v in per_size.items()]
+        + [{"point": "q", "method": "a", "seed": 0, "classes": 2, "record": {}}]  # stored before per-size results
+    )  # fmt: skip
+    assert markdown_per_size(frame, sweep) == (
+        "p (auc):\n\n"  # binary: AUC; sizes ascending; rows summed over a's two seeds
+        "| method | 1 (4 rows) | 2 (6 rows) |\n"
+        "| --- | --- | --- |\n"
+        "| a | 0.600 | 0.850 |\n"  # (0.5 + 0.7) / 2, (0.8 + 0.9) / 2
+        "| b | – | 0.600 |"
+    )
+    assert markdown_per_size(frame[frame.point == "q"], sweep) == ""

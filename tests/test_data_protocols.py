@@ -48,6 +48,13 @@ def test_mcar_mask_is_pinned_for_a_seed():
                  [0, 0, 1, 0], [1, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 1]]  # fmt: skip
 
 
+def test_cpm_mask_is_pinned_for_a_seed():
+    """As the MCAR draw above: cells stored under cpm:R rest on this draw."""
+    p = apply_protocol(np.ones((8, 3), dtype=bool), "cpm:0.5", seed=0).astype(int).tolist()
+    assert p == [[1, 0, 0], [0, 0, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 1], [1, 1, 1]]
+    assert sum(map(sum, p)) == round(0.5 * 8 * 3)  # the definition: round((1 - R) M N) present
+
+
 def test_cpm_masks_meet_the_definition():
     # CPM-Nets / UIMC: eta = missing (sample, view) entries / (V * N); every sample keeps a view; one mask for all rows
     N, V = 2000, 6

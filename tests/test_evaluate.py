@@ -189,9 +189,11 @@ def test_format_results_prints_overall_and_per_size():
         " observed modalities      n  accuracy      F1     AUC",
         "                   2      2    0.5000  0.2500  0.7500",
     ]
+    result["overall"] |= {"auc": 0.8125}
+    assert "AUC 0.8125  (n=6)" in format_results(result).splitlines()[0]
     result["overall"] |= {"brier": 0.34, "ece": 0.3625}
     assert format_results(result).splitlines()[0] == (
-        "test: accuracy 0.6667  macro-F1 0.5000  AUC   -    Brier 0.3400  ECE 0.3625  (n=6)"
+        "test: accuracy 0.6667  macro-F1 0.5000  AUC 0.8125  Brier 0.3400  ECE 0.3625  (n=6)"
     )
 
 
@@ -207,3 +209,26 @@ def test_routing_stats_sum_gate_weights_by_combination_and_modality():
     assert stats["tokens_per_expert"].tolist() == [2.0, 2.0, 2.0]
     assert stats["combination_weight"].tolist() == [[0.5, 1.5, 0.0], [0.25, 0.0, 0.75], [0.0, 0.0, 0.0]]
     assert stats["modality_weight"].tolist() == [[0.75, 0.5, 0.75], [0.0, 1.0, 0.0]]
+
+
+def test_evaluate_passes_its_batch_size_device_and_callback_to_every_batch(monkeypatch):
+    import multimoe.evaluate as ev
+
+    data = presence_data(np.array([[True, True], [True, False], [False, True], [True, False], [True, True]]),
+                         [1, 0, 1, 1, 0])  # fmt: skip
+    seen, calls = [], []
+    predict = ev.predict
+    monkeypatch.setattr(ev, "predict", lambda *a, **k: calls.append((a[2:], k)) or predict(*a, **k))
+    result = evaluate(PresenceModel(data.schema), data, 2, "cpu", lambda out, batch: seen.append(len(batch.labels_B)))
+    assert seen == [2, 2, 1]  # batches of 2 rows, each shown to the callback
+    assert calls[0] == ((2, "cpu", calls[0][0][2]), {}) and callable(calls[0][0][2])  # batch size, device, callback
+    assert result["routing"] == []  # no MoE layer: nothing routed, and the key is there
+    evaluate_combinations(PresenceModel(data.schema), data, np.ones((5, 2), dtype=bool), batch_size=3)
+    assert all(args[0] == 3 for args, _ in calls[1:]) and len(calls) == 4  # one predict per combination, 3 rows each
+
+
+def test_ece_keeps_the_two_lowest_bins_apart():
+    # 20 classes, so a confidence can fall in 15 bins' bin 0 (<= 1/15): sample 0 is right at confidence 0.06 (bin 0),
+    # sample 1 wrong at 0.1 (bin 1): (|1 - 0.06| + |0 - 0.1|) / 2; merging the two bins would give |0.5 - 0.08|
+    probs = np.stack([np.r_[0.06, np.full(19, 0.94 / 19)], np.r_[0.1, np.full(19, 0.9 / 19)]])
+    assert expected_calibration_error(np.array([0, 1]), probs) == pytest.approx((0.94 + 0.1) / 2)

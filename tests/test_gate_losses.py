@@ -75,6 +75,22 @@ def test_flexmoe_paper_exclusion():
     assert run("combination", "own") == pytest.approx(full_part() + spec + own, rel=1e-5)
 
 
+def test_own_exclusion_is_the_default_and_one_partial_token_is_its_own_mean():
+    default = gate_loss(routing(), torch.tensor(COMBO), torch.tensor(MODALITY), 2, "combination",
+                        targets_S=combination_targets(3, 3, "identity")).item()  # fmt: skip
+    assert default == run("combination", "own")
+    # tokens 0, 1 full; token 2 alone partial (combination 1 -> expert 1), token 3 full: the CE term is M * ce(2, 1) / 1
+    combo = torch.tensor([0, 0, 1, 0])
+    got = gate_loss(routing(), combo, torch.tensor(MODALITY), 2, "combination", "own",
+                    combination_targets(3, 3, "identity")).item()  # fmt: skip
+    full = 0.0
+    for tokens in ((0,), (1, 3)):  # full tokens by modality
+        full += cv2([sum(dense(t)[e] for t in tokens) for e in range(3)])
+        full += cv2([sum(LOAD[t][e] for t in tokens) for e in range(3)])
+    own = cv2([dense(2)[0], dense(2)[2]]) + cv2([LOAD[2][0], LOAD[2][2]])
+    assert got == pytest.approx(full + 2 * ce(2, 1) + own, rel=1e-5)
+
+
 def test_flexmoe_public_code_exclusion():
     spec = 2 * (ce(2, 1) + ce(3, 1)) / 2
     drop0 = sum(cv2([dense(t)[1], dense(t)[2]]) + cv2([LOAD[t][1], LOAD[t][2]]) for t in (2, 3))  # drop expert 0
@@ -89,6 +105,15 @@ def test_cv_squared_edge_cases():
     assert cv_squared(torch.zeros(1, 4)).item() == 0.0
     assert cv_squared(torch.tensor([[3.0]])).item() == 0.0
     assert cv_squared(torch.tensor([[1.0, 3.0]])).item() == pytest.approx(2.0 / 4.0)
+    # over the last dimension of a 3-d input: rows (1, 3) and (2, 2, ...) of a (1, 2, 2) tensor
+    assert cv_squared(torch.tensor([[[1.0, 3.0], [2.0, 2.0]]])).tolist() == [[pytest.approx(0.5), 0.0]]
+    keep = torch.tensor([[[True, True], [True, False]]])
+    assert cv_squared(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]]), keep).tolist() == [[pytest.approx(0.5), 0.0]]
+    assert cv_squared(torch.ones(1, 3, 1)).tolist() == [[0.0, 0.0, 0.0]]  # one entry per row: 0, not NaN
+    # a zero mean: Var / (0 + 1e-10), positive (values need not be non-negative for the formula)
+    assert cv_squared(torch.tensor([[1.0, -1.0]], dtype=torch.float64)).item() == pytest.approx(2.0 / 1e-10)
+    both = torch.tensor([[True, True]])
+    assert cv_squared(torch.tensor([[1.0, -1.0]], dtype=torch.float64), both).item() == pytest.approx(2.0 / 1e-10)
 
 
 def test_identity_map_needs_an_expert_per_combination():
@@ -110,6 +135,25 @@ def test_entropy_regularizer_by_hand():
     mean = [(pbar[0][e] + pbar[1][e]) / 2 for e in range(3)]
     expected = (H(pbar[0]) + H(pbar[1])) / 2 - H(mean)
     assert run("entropy") == pytest.approx(expected, abs=1e-6)  # a difference of entropies: float32 cancels
+
+
+def test_entropy_regularizer_with_a_modality_of_one_token():
+    from multimoe.gate_losses import entropy_loss
+
+    def softmax(z):
+        e = [math.exp(v) for v in z]
+        return [v / sum(e) for v in e]
+
+    def H(p):
+        return -sum(v * math.log(v) for v in p if v > 0)
+
+    # modality 0: tokens 0, 1, 2 (mean of three softmaxes); modality 1: token 3 alone (its own softmax, not halved)
+    p0 = [sum(softmax(LOGITS[t])[e] for t in (0, 1, 2)) / 3 for e in range(3)]
+    p1 = softmax(LOGITS[3])
+    mean = [(p0[e] + p1[e]) / 2 for e in range(3)]
+    expected = (H(p0) + H(p1)) / 2 - H(mean)
+    got = entropy_loss(routing(), torch.tensor([0, 0, 0, 1]), num_modalities=2).item()
+    assert got == pytest.approx(expected, abs=1e-6)
 
 
 def test_disjoint_pools_restrict_the_balance():

@@ -10,7 +10,13 @@ import torch
 
 from multimoe.model import ModelOutput
 from multimoe.moe import MoEOutput, TokenInfo
-from multimoe.report.routing import RoutingTally, coefficient_of_variation, routing_drift, routing_frames
+from multimoe.report.routing import (
+    RoutingTally,
+    coefficient_of_variation,
+    presence_table,
+    routing_drift,
+    routing_frames,
+)
 from multimoe.routers import Routing
 
 LN2, LN3 = math.log(2), math.log(3)
@@ -137,6 +143,7 @@ def test_a_second_layer_without_targets_and_an_unused_expert():
     tally.update(ModelOutput(torch.zeros(2, 2), torch.zeros(()), moes, TokenInfo(MODALITY_T, COMBO_T, 2)))
     f = routing_frames(tally, ("a", "b"), [TARGETS_S])  # targets for layer 0 only
     assert f["load_balance"]["layer"].tolist() == [0, 1]
+    assert all(frame.index.tolist() == list(range(len(frame))) for frame in f.values())  # one index over layers
     second = f["load_balance"].iloc[1]
     assert second["unused_experts"] == 2 and second["max_over_mean"] == pytest.approx(3.0)  # 4 slots on 1 of 3
     rc = f["routing_combination"]
@@ -156,3 +163,91 @@ def test_drift_skips_epochs_without_layers_and_partial_tokens():
     assert set(drift["epoch"]) == {2}
     assert "own_weight" not in set(drift["stat"])  # no token of a partial combination: nothing to share
     assert drift[(drift.stat == "usage_entropy") & (drift.group == "combinations (mean)")]["value"].item() == 0.0
+
+
+def H(*p):
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_top2_a_one_token_group_and_an_expert_targeted_twice():
+    """Top-2 routing of three tokens, counted by hand: t0 (a+b, modality a) to experts 0, 1 with weights 3/4, 1/4;
+    t1 (a+b, b) to 0, 1 with 1/2, 1/2; t2 (combination b alone: one token) to 2, 0 with 5/8, 3/8. Uniform scores.
+    Expert 0 is the target of a+b and of b; weights are binary fractions, so every sum below is exact."""
+    ids = torch.tensor([[0, 1], [0, 1], [2, 0]])
+    weights = torch.tensor([[0.75, 0.25], [0.5, 0.5], [0.625, 0.375]])
+    routing = Routing(weights, ids, torch.zeros(3, 3), torch.zeros(3, 3))
+    moe = MoEOutput(torch.zeros(3, 2), routing, torch.tensor([3, 2, 1]), torch.zeros(()))
+    tally = RoutingTally(2)
+    info = TokenInfo(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 2]), 2)
+    tally.update(ModelOutput(torch.zeros(2, 2), torch.zeros(()), [moe], info))
+    f = routing_frames(tally, ("a", "b"), [torch.tensor([0, 1, 0])])
+
+    rc = f["routing_combination"].set_index("combination")
+    assert rc.index.tolist() == ["a+b", "b"] and rc["tokens"].tolist() == [2, 1]  # b's one token counts
+    assert rc["own_expert"].tolist() == [0, 0]
+    assert rc["own_top1"].tolist() == [1.0, 0.0]  # t2's first choice is expert 2
+    assert rc["own_topk"].tolist() == [1.0, 1.0]  # every token has expert 0 among its two
+    assert rc["own_weight"].tolist() == [0.625, 0.375]  # (3/4 + 1/2) / 2; 3/8
+    assert rc["router_entropy"].tolist() == pytest.approx([LN3, LN3])
+    assert rc["usage_entropy"].tolist() == pytest.approx([H(0.625, 0.375), H(0.375, 0.625)])
+
+    ac = f["activation_combination"]
+    assert ac["mean_weight"].dtype == np.float64
+    assert ac["slot_share"].tolist() == [0.5, 0.5, 0.0, 0.5, 0.0, 0.5]
+    assert ac["weight_share"].tolist() == [0.625, 0.375, 0.0, 0.375, 0.0, 0.625]
+    assert ac["top1_share"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    # mean gate weight per slot taken: a+b expert 0: (3/4 + 1/2) / 2 slots; none where no slot was taken
+    assert ac["mean_weight"].fillna(-1).tolist() == [0.625, 0.375, -1, 0.375, -1, 0.625]
+
+    rm = f["routing_modality"]
+    assert rm["modality"].tolist() == ["a", "b"] and rm["observed"].tolist() == [True, True]  # no fills routed
+    assert rm["tokens"].dtype == np.int64 and rm["tokens"].tolist() == [1, 2]
+    assert rm["router_entropy"].tolist() == pytest.approx([LN3, LN3])  # a: one token
+    # b: weights 1/2 + 3/8, 1/2, 5/8 over two tokens
+    assert rm["usage_entropy"].tolist() == pytest.approx([H(0.75, 0.25), H(0.4375, 0.25, 0.3125)])
+
+    load = f["load"]
+    assert load["slots"].tolist() == [3, 2, 1] and load["slot_share"].tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 6])
+    assert load["importance"].tolist() == [1.625, 0.75, 0.625]
+    assert load["target_of"].tolist() == ["a+b; b", "a", ""]
+    bal = f["load_balance"].iloc[0]
+    assert bal["top_k"] == 2 and bal["tokens"] == 3 and bal["max_over_mean"] == 1.5  # 3 slots over a mean of 2
+    assert bal["slot_cv"] == pytest.approx(math.sqrt(2 / 3) / 2)  # std of 3, 2, 1 over their mean 2
+    # importance 1.625, 0.75, 0.625: mean exactly 1, deviations 0.625, -0.25, -0.375
+    assert bal["importance_cv"] == pytest.approx(math.sqrt((0.625**2 + 0.25**2 + 0.375**2) / 3))
+
+
+def test_one_token_top1_layer():
+    routing = Routing(torch.ones(1, 1), torch.tensor([[1]]), torch.zeros(1, 3), torch.zeros(1, 3))
+    moe = MoEOutput(torch.zeros(1, 2), routing, torch.tensor([0, 1, 0]), torch.zeros(()))
+    tally = RoutingTally(2)
+    tally.update(
+        ModelOutput(torch.zeros(1, 2), torch.zeros(()), [moe], TokenInfo(torch.tensor([0]), torch.tensor([1]), 2))
+    )
+    f = routing_frames(tally, ("a", "b"), [])
+    assert f["load"]["slot_share"].tolist() == [0.0, 1.0, 0.0]  # one slot in all
+    bal = f["load_balance"].iloc[0]
+    assert bal["max_over_mean"] == pytest.approx(3.0) and bal["unused_experts"] == 2  # mean 1/3
+    assert bal["slot_cv"] == pytest.approx(math.sqrt(2))  # std sqrt(2)/3 over mean 1/3
+    assert "own_expert" not in f["routing_combination"].columns  # no targets: no own expert
+
+
+def test_drift_with_one_partial_token_and_a_layer_past_the_targets():
+    layer = {
+        "tokens_per_expert": [2, 1, 1],
+        "combination_weight": [[1, 1, 0], [0, 0, 0], [0.25, 0, 0.75]],  # tokens 2, 0, 1 (one partial token)
+        "modality_weight": [[1, 1, 0], [0.25, 0, 0.75]],
+    }
+    drift = routing_drift([{"epoch": 3, "layers": [layer, layer]}], ("a", "b"), [torch.tensor([0, 1, 0])])
+    value = drift.set_index(["layer", "stat", "group"])["value"]
+    assert value[0, "own_weight", "partial combinations"] == 0.25  # b's own expert 0 got 1/4 of its one token
+    assert (1, "own_weight", "partial combinations") not in value.index  # no targets for layer 1
+    # token-weighted over a+b (2 tokens, ln 2) and b (1 token)
+    expected = (2 * LN2 + H(0.25, 0.75)) / 3
+    assert value[0, "usage_entropy", "combinations (mean)"] == pytest.approx(expected)
+    assert set(drift["epoch"]) == {3}
+
+
+def test_presence_table():
+    present = presence_table(2)
+    assert present.dtype == torch.bool and present.tolist() == [[True, True], [True, False], [False, True]]

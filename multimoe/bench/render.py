@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,10 @@ from multimoe.bench.sweep import Sweep
 
 
 def point_label(point: dict) -> str:
-    name = point.get("data.name", "")
-    missing = point.get("data.missing", "")
+    """``<dataset> <protocol> (<other overrides>)``, each part only where the point sets it."""
+    named = [str(point[k]) for k in ("data.name", "data.missing") if k in point]
     rest = ", ".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in ("data.name", "data.missing"))
-    return " ".join(x for x in (name, missing, f"({rest})" if rest else "") if x)
+    return " ".join(named + ([f"({rest})"] if rest else []))
 
 
 METRICS = ("accuracy", "f1", "auc", "brier", "ece")
@@ -77,10 +77,9 @@ def summary_table(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _fmt(mean, std) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    return f"{mean:.3f}" if std is None or (isinstance(std, float) and math.isnan(std)) else f"{mean:.3f} ± {std:.3f}"
+def _fmt(mean: float, std) -> str:
+    """A mean over seeds (never missing: a metric without values has no summary row) and its std (none: one seed)."""
+    return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
@@ -98,10 +97,62 @@ def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
                 cells.append("–")
                 continue
             r = r.iloc[0]
-            mark = MARK.get(r.get("verdict", "n/a") if isinstance(r.get("verdict"), str) else "n/a", "")
+            mark = MARK.get(r.get("verdict"), "")  # the reference, and sweeps without one: no verdict (NaN, absent)
             cells.append(f"{_fmt(r['mean'], r['std'])} {mark}".strip())
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
+    """Methods x grid points, primary metric: each method's mean paired difference from the reference over the seeds
+    both finished, with its 95 % t interval and the number of pairs (an attribution table when each method changes
+    one thing of the reference)."""
+    prim = summary[summary.primary & (summary.method != sweep.reference)]
+    points = list(dict.fromkeys(summary[summary.primary].point))
+    lines = ["| method | " + " | ".join(points) + " |", "|" + " --- |" * (len(points) + 1)]
+    for m in (m for m in sweep.methods if m in set(prim.method)):
+        cells = []
+        for p in points:
+            r = prim[(prim.point == p) & (prim.method == m)]
+            pairs = r.iloc[0].get("pairs") if len(r) else None  # no column "pairs" when no method met the reference
+            if pd.isna(pairs) or pairs == 0:  # not run there, or no seed in common with the reference
+                cells.append("–")
+                continue
+            r, pairs = r.iloc[0], int(pairs)
+            interval = f" [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]" if pairs > 1 else ""  # an interval needs 2
+            cells.append(f"{r['diff']:+.3f}{interval} ({pairs} seed{'s' if pairs > 1 else ''})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_per_size(frame: pd.DataFrame, sweep: Sweep) -> str:
+    """Per grid point: methods x number of observed modalities (as the test mask leaves them), the primary metric's
+    mean over seeds, and the test rows of that size summed over the seeds of the method with the most (a seed's test
+    mask is the same for every method; few rows: a noisy mean). Empty when no cell stored its per-size results."""
+    blocks = []
+    for point, g in frame.groupby("point", sort=False):
+        metric = primary_metric(int(g.classes.iloc[0]))
+        rows = [
+            (r.method, p["size"], p["n"], p[metric])
+            for r in g.itertuples()
+            for p in r.record.get("test_per_size") or []
+        ]
+        if not rows:
+            continue
+        sizes = pd.DataFrame(rows, columns=["method", "size", "n", "value"])
+        rows_per_size = sizes.groupby(["method", "size"]).n.sum().groupby("size").max()  # the most seeds' rows
+        order = sorted(rows_per_size.index)
+        lines = [f"{point} ({metric}):", "", "| method | " + " | ".join(f"{k} ({rows_per_size[k]} rows)" for k in order)
+                 + " |", "|" + " --- |" * (len(order) + 1)]  # fmt: skip
+        for m in (m for m in sweep.methods if m in set(sizes.method)):
+            means = sizes[sizes.method == m].groupby("size").value.mean()
+            lines.append(f"| {m} | " + " | ".join(_mean_or_dash(means.get(k)) for k in order) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _mean_or_dash(value) -> str:
+    return "–" if pd.isna(value) else f"{value:.3f}"
 
 
 def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
@@ -110,8 +161,9 @@ def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     grid = {d: i for i, d in enumerate(dict.fromkeys(frame.dataset))}  # the grid's order, then the sweep's methods
     order = {m: i for i, m in enumerate(sweep.methods)}
-    groups = frame.groupby(["dataset", "method"], sort=False)
-    for (dataset, method), g in sorted(groups, key=lambda kv: (grid[kv[0][0]], order.get(kv[0][1], 0))):
+    for (dataset, method), g in sorted(
+        frame.groupby(["dataset", "method"]), key=lambda kv: (grid[kv[0][0]], order[kv[0][1]])
+    ):
         flops = g.flops_per_sample.iloc[0]
         lines.append(
             f"| {dataset} | {method} | {int(g.parameters.iloc[0]):,} | {int(g.active_parameters.iloc[0]):,} | "
@@ -180,7 +232,7 @@ def combination_tables(combos: pd.DataFrame, sweep: Sweep) -> dict[str, pd.DataF
     tables = {}
     for point, g in combos.groupby("point", sort=False):
         table = g.groupby(["index", "combination", "method"]).value.mean().unstack("method")
-        tables[point] = table.sort_index(level="index")[[m for m in sweep.methods if m in table.columns]]
+        tables[point] = table[[m for m in sweep.methods if m in table.columns]]  # rows: by index (groupby sorts)
     return tables
 
 
@@ -216,7 +268,7 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
     ``<results_dir>/<sweep name>/``."""
     results_dir = Path(results_dir)
     out_dir = results_dir / sweep.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)  # results_dir holds the store, so it exists
     frame = load_frame(sweep, results_dir)
     if frame.empty:
         raise ValueError(f"no finished cells of sweep '{sweep.name}' in {results_dir / 'cells.jsonl'}")
@@ -235,6 +287,7 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
     sessions = read_sessions(out_dir)
     total = sum(s["seconds"] for s in sessions)
     expected = len(sweep.cells())
+    per_size = markdown_per_size(frame, sweep)
     lines = [
         f"# Sweep `{sweep.name}`",
         "",
@@ -257,6 +310,17 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         "",
         markdown_main(summary, sweep),
         "",
+        *(
+            [
+                f"## Paired differences from `{sweep.reference}` (primary metric, 95 % t interval)",
+                "",
+                markdown_paired(summary, sweep),
+                "",
+            ]
+            if sweep.reference
+            else []
+        ),
+        *(["## By number of observed modalities (test split, mean over seeds)", "", per_size, ""] if per_size else []),
         "## Compute",
         "",
         markdown_costs(frame, sweep),
@@ -271,6 +335,6 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         "",
     ]
     readme = out_dir / "README.md"
-    readme.write_text("\n".join(line for line in lines if line is not None))
-    (out_dir / "summary.json").write_text(json.dumps({"cells": len(frame), "expected": expected}, indent=1))
+    readme.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))  # an absent optional line leaves one blank
+    (out_dir / "summary.json").write_text(json.dumps({"cells": len(frame), "expected": expected}))
     return readme

@@ -178,7 +178,8 @@ def _modality_frames(by_state: _GroupTally, modalities: list[str], layer: int):
             "tokens": by_state.tokens_G.astype(np.int64),
         }
     )
-    order = np.argsort(~keys["observed"].to_numpy(), kind="stable")
+    observed = keys["observed"].to_numpy()
+    order = np.concatenate([np.flatnonzero(observed), np.flatnonzero(~observed)])  # each part in modality order
     stats = {k: v[order] for k, v in _group_rows(by_state).items()}
     keys = keys.iloc[order].reset_index(drop=True)
     routing = _entropy_columns(keys, stats, layer)
