@@ -5,7 +5,7 @@ loop is caught), "survived" every other one (mutmut's survived, no tests, suspic
 equivalent: those listed in
 tests/mutation_equivalents.txt as ``function | the mutated line | why no behaviour changes``. A listed line is matched
 against the mutant's diff (`mutmut show`), so the list survives renumbering. Unmatched survivors are printed with
-their diff: each is a missing test or a new equivalent to list.
+their diff: each is a missing test or a new equivalent to list. Exits 1 when a module scores below ``BAR`` (85 %).
 
     python tests/mutation_score.py            # after `mutmut run`
 """
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.txt")
+BAR = 0.85  # the score every module must reach (exit status 1 below it)
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 
 
@@ -99,7 +100,10 @@ def main() -> int:
     print(f"{'all':<28} {total['killed']:>7} {total['survived']:>9} {total['equivalent']:>11} {score:>7.1%}")
     for name, status, mutated in unexplained:
         print(f"  {status:<10} {name}: {mutated}")
-    return 0
+    low = [m for m, c in per_module.items() if c["killed"] < BAR * (c["killed"] + c["survived"])]
+    if low:
+        print(f"below {BAR:.0%}: {', '.join(sorted(low))}")
+    return 1 if low else 0
 
 
 if __name__ == "__main__":

@@ -242,7 +242,9 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
                     "test": {"n": 10, "accuracy": acc, "f1": acc, "auc": 0.9}, "parameters": 10,
                     "active_parameters": 4, "flops_per_sample": None if method == "b" else 10_005_001,
                     "train_seconds": seconds, "epochs_run": epochs, "best_epoch": 1,
-                    "combinations": combos if method == "c" else None})  # fmt: skip
+                    "combinations": combos if method == "c" else None,
+                    "test_per_size": [{"size": 1, "n": 4, "accuracy": acc - 0.3}] if method == "a" and point is low
+                    else None})  # fmt: skip
     (tmp_path / "gaps").mkdir()
     sessions = [{"started": 1, "seconds": 30, "jobs": 2}, {"started": 1, "seconds": 200, "jobs": 2},
                 {"started": 2, "seconds": 100, "jobs": 1}, {"started": 3, "seconds": 300, "jobs": 4}]  # fmt: skip
@@ -261,6 +263,11 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
         "| a | 0.850 ± 0.071 | 0.600 |\n"  # 0.80, 0.90: std 0.1 / sqrt(2); one seed: no ±
         "| b | 0.700 | – |\n"
         "| c | – | 0.550 |\n\n"  # d never ran: no row
+        "## By number of observed modalities (test split, mean over seeds)\n\n"
+        "x mcar:0.1 (accuracy):\n\n"  # the one point whose cells stored per-size results
+        "| method | 1 (8 rows) |\n"
+        "| --- | --- |\n"
+        "| a | 0.550 |\n\n"  # (0.5 + 0.6) / 2, 4 rows in each of two seeds
         "## Compute\n\n"
         "| dataset | method | parameters | active parameters | MFLOPs / sample | train s (median) | epochs |\n"
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
@@ -402,13 +409,17 @@ def test_per_size_table_by_hand():
     frame = pd.DataFrame(
         [{"point": "p", "method": m, "seed": s, "classes": 2, "record": {"test_per_size": v}}
          for (m, s), v in per_size.items()]
-        + [{"point": "q", "method": "a", "seed": 0, "classes": 2, "record": {}}]  # stored before per-size results
     )  # fmt: skip
-    assert markdown_per_size(frame, sweep) == (
+    block = (
         "p (auc):\n\n"  # binary: AUC; sizes ascending; rows summed over a's two seeds
         "| method | 1 (4 rows) | 2 (6 rows) |\n"
         "| --- | --- | --- |\n"
         "| a | 0.600 | 0.850 |\n"  # (0.5 + 0.7) / 2, (0.8 + 0.9) / 2
         "| b | – | 0.600 |"
     )
-    assert markdown_per_size(frame[frame.point == "q"], sweep) == ""
+    assert markdown_per_size(frame, sweep) == block
+    empty = pd.DataFrame([{"point": "q", "method": "a", "seed": 0, "classes": 2, "record": {}}])  # stored before
+    z = frame.assign(point="z", classes=10)  # per-size results were kept; accuracy 0.1 everywhere
+    blocks = markdown_per_size(pd.concat([empty, z, frame]), sweep).split("\n\n")  # points in the frame's order
+    assert blocks[0] == "z (accuracy):" and blocks[2] == block.split("\n\n")[0] and len(blocks) == 4
+    assert markdown_per_size(empty, sweep) == ""
