@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from multimoe.gate_losses import balance_loss, combination_targets, cv_squared, gate_loss
+from multimoe.gate_losses import balance_loss, combination_targets, cv_squared, entropy_loss, gate_loss
 from multimoe.routers import Routing
 
 
@@ -122,15 +122,17 @@ def test_identity_map_needs_an_expert_per_combination():
     assert combination_targets(7, 3, "modulo").tolist() == [0, 1, 2, 0, 1, 2, 0]
 
 
+def softmax(z):
+    e = [math.exp(v) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def H(p):
+    return -sum(v * math.log(v) for v in p if v > 0)
+
+
 def test_entropy_regularizer_by_hand():
     # modality 0: tokens 0, 2; modality 1: tokens 1, 3; full softmax over each token's logits
-    def softmax(z):
-        e = [math.exp(v) for v in z]
-        return [v / sum(e) for v in e]
-
-    def H(p):
-        return -sum(v * math.log(v) for v in p if v > 0)
-
     pbar = [[(softmax(LOGITS[a])[e] + softmax(LOGITS[b])[e]) / 2 for e in range(3)] for a, b in ((0, 2), (1, 3))]
     mean = [(pbar[0][e] + pbar[1][e]) / 2 for e in range(3)]
     expected = (H(pbar[0]) + H(pbar[1])) / 2 - H(mean)
@@ -138,15 +140,6 @@ def test_entropy_regularizer_by_hand():
 
 
 def test_entropy_regularizer_with_a_modality_of_one_token():
-    from multimoe.gate_losses import entropy_loss
-
-    def softmax(z):
-        e = [math.exp(v) for v in z]
-        return [v / sum(e) for v in e]
-
-    def H(p):
-        return -sum(v * math.log(v) for v in p if v > 0)
-
     # modality 0: tokens 0, 1, 2 (mean of three softmaxes); modality 1: token 3 alone (its own softmax, not halved)
     p0 = [sum(softmax(LOGITS[t])[e] for t in (0, 1, 2)) / 3 for e in range(3)]
     p1 = softmax(LOGITS[3])
