@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 mutation: $(STAMP)  # mutation testing of the modules behind reported numbers ([tool.mutmut] in pyproject.toml)
+	rm -rf mutants  # from scratch: mutmut keeps a survivor's verdict when only the tests changed
 	$(BIN)/mutmut run > .mutmut-run.log 2>&1 || (tail -c 2000 .mutmut-run.log; exit 1)
 	$(BIN)/python tests/mutation_score.py
 
