@@ -16,6 +16,7 @@ import ast
 import collections
 import difflib
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,22 @@ def results() -> dict[str, str]:
     found = {}
     for line in out.splitlines():
         name, sep, status = line.strip().rpartition(": ")
-        if sep and ".x_" in name and status != "skipped":
+        if sep and split_name(name) and status != "skipped":
             found[name] = status
     return found
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(module, mutant's function in mutants/) of a mutant name: functions are ``module.x_name__mutmut_N``, methods
+    ``module.xǁClassǁname__mutmut_N``; None for anything else mutmut lists."""
+    found = re.match(r"^(.+?)\.(xǁ.+|x_.+)$", name)
+    return (found[1], found[2]) if found else None
+
+
+def function_of(name: str) -> str:
+    """The mutated function as module.function or module.Class.method."""
+    module, mangled = split_name(name)
+    return f"{module}.{mangled.rsplit('__mutmut_', 1)[0][2:].replace('ǁ', '.')}"
 
 
 @functools.cache
@@ -50,10 +64,7 @@ def _mutant_sources(module: str) -> dict[str, list[str]]:
 
 def mutated_line(name: str) -> str:
     """The lines a mutant adds to its function (what `mutmut show` marks with +), read from mutants/ directly."""
-    module, _, rest = name.partition(".")
-    while "x_" not in rest.split(".")[0] and "." in rest:  # find where the module path ends
-        part, _, rest = rest.partition(".")
-        module = f"{module}.{part}"
+    module, rest = split_name(name)
     sources = _mutant_sources(module)
     original = sources[rest.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"]
     mutant = sources[rest]
@@ -79,8 +90,7 @@ def main() -> int:
     per_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     unexplained = []
     for name, status in sorted(found.items()):
-        module, _, rest = name.partition(".x_")
-        function = f"{module}.{rest.rsplit('__mutmut_', 1)[0]}"
+        module, function = split_name(name)[0], function_of(name)
         if status in ("killed", "timeout"):
             per_module[module]["killed"] += 1
             continue

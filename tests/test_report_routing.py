@@ -251,3 +251,25 @@ def test_drift_with_one_partial_token_and_a_layer_past_the_targets():
 def test_presence_table():
     present = presence_table(2)
     assert present.dtype == torch.bool and present.tolist() == [[True, True], [True, False], [False, True]]
+
+
+def test_batches_add_up():
+    """The tally sums over batches: the three tokens of the top-2 case above in two updates give the frames of one."""
+    ids = torch.tensor([[0, 1], [0, 1], [2, 0]])
+    weights = torch.tensor([[0.75, 0.25], [0.5, 0.5], [0.625, 0.375]])
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    modality, combo = torch.tensor([0, 1, 1]), torch.tensor([0, 0, 2])
+
+    def frames(batches):
+        tally = RoutingTally(2)
+        for rows in batches:
+            r = Routing(weights[rows], ids[rows], logits[rows], torch.zeros(len(rows), 3))
+            moe = MoEOutput(torch.zeros(len(rows), 2), r, torch.zeros(3), torch.zeros(()))
+            info = TokenInfo(modality[rows], combo[rows], 2)
+            tally.update(ModelOutput(torch.zeros(1, 2), torch.zeros(()), [moe], info))
+        return routing_frames(tally, ("a", "b"), [torch.tensor([0, 1, 0])])
+
+    whole, split = frames([[0, 1, 2]]), frames([[0], [1, 2]])
+    for name in whole:
+        pd.testing.assert_frame_equal(split[name], whole[name], check_exact=False, rtol=1e-12)
+    assert whole["load"]["slots"].tolist() == [3, 2, 1] and whole["load_balance"]["tokens"].item() == 3
