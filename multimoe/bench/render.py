@@ -82,13 +82,19 @@ def _fmt(mean: float, std) -> str:
     return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: a header row, a separator, then the rows (cells already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
     """Methods x grid points, primary metric: mean ± std over seeds, marked against the reference."""
     prim = summary[summary.primary]
     points = list(dict.fromkeys(prim.point))
     methods = [m for m in sweep.methods if m in set(prim.method)]
-    header = "| method | " + " | ".join(f"{p} ({prim[prim.point == p].metric.iloc[0]})" for p in points) + " |"
-    lines = [header, "|" + " --- |" * (len(points) + 1)]
+    header = ["method", *(f"{p} ({prim[prim.point == p].metric.iloc[0]})" for p in points)]
+    rows = []
     for m in methods:
         cells = []
         for p in points:
@@ -99,8 +105,8 @@ def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
             r = r.iloc[0]
             mark = MARK.get(r.get("verdict"), "")  # the reference, and sweeps without one: no verdict (NaN, absent)
             cells.append(f"{_fmt(r['mean'], r['std'])} {mark}".strip())
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([m, *cells])
+    return _table(header, rows)
 
 
 def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
@@ -109,7 +115,7 @@ def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
     one thing of the reference)."""
     prim = summary[summary.primary & (summary.method != sweep.reference)]
     points = list(dict.fromkeys(summary[summary.primary].point))
-    lines = ["| method | " + " | ".join(points) + " |", "|" + " --- |" * (len(points) + 1)]
+    rows = []
     for m in (m for m in sweep.methods if m in set(prim.method)):
         cells = []
         for p in points:
@@ -121,8 +127,8 @@ def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
             r, pairs = r.iloc[0], int(pairs)
             interval = f" [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]" if pairs > 1 else ""  # an interval needs 2
             cells.append(f"{r['diff']:+.3f}{interval} ({pairs} seed{'s' if pairs > 1 else ''})")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([m, *cells])
+    return _table(["method", *points], rows)
 
 
 def markdown_per_size(frame: pd.DataFrame, sweep: Sweep) -> str:
@@ -142,12 +148,12 @@ def markdown_per_size(frame: pd.DataFrame, sweep: Sweep) -> str:
         sizes = pd.DataFrame(rows, columns=["method", "size", "n", "value"])
         rows_per_size = sizes.groupby(["method", "size"]).n.sum().groupby("size").max()  # the most seeds' rows
         order = sorted(rows_per_size.index)
-        lines = [f"{point} ({metric}):", "", "| method | " + " | ".join(f"{k} ({rows_per_size[k]} rows)" for k in order)
-                 + " |", "|" + " --- |" * (len(order) + 1)]  # fmt: skip
+        table = []
         for m in (m for m in sweep.methods if m in set(sizes.method)):
             means = sizes[sizes.method == m].groupby("size").value.mean()
-            lines.append(f"| {m} | " + " | ".join(_mean_or_dash(means.get(k)) for k in order) + " |")
-        blocks.append("\n".join(lines))
+            table.append([m, *(_mean_or_dash(means.get(k)) for k in order)])
+        header = ["method", *(f"{k} ({rows_per_size[k]} rows)" for k in order)]
+        blocks.append(f"{point} ({metric}):\n\n" + _table(header, table))
     return "\n\n".join(blocks)
 
 
