@@ -1,6 +1,8 @@
 """Encoders of series, images and text (multimoe/series_encoders.py, image_encoders.py, text_encoders.py): tokens of
 the fusion layers' shape, finite for absent rows, gradients, masked positions ignored, determinism."""
 
+import math
+
 import pytest
 import torch
 
@@ -108,6 +110,24 @@ def test_mtand_interpolates_each_channel_from_its_own_observations():
     enc(SeriesInput(values, torch.tensor([[0.0, 0.1, 0.5, 0.9]])), missing)
     torch.testing.assert_close(seen["feats"][0, :, :2], torch.tensor([[2.0, 20.0]] * 3))
     torch.testing.assert_close(seen["feats"][0, :, 2:], torch.ones(3, 2))  # both channels observed
+
+
+def test_series_conv_tokens_read_each_segments_mean_log_std_and_observed_share():
+    """Two channels, four steps, two tokens (segments of steps 0-1 and 2-3); a masked value (100) counts nowhere; row 1
+    observes nothing of channel 0 in the second segment (mean and log std 0, share 0)."""
+    enc = ENCODERS.build("series_conv", KindShape("series", (2, 4)), 2, 8, EncoderConfig())
+    seen = {}
+    enc.stats.register_forward_hook(lambda m, i, o: seen.update(feats=i[0]))
+    values = torch.tensor([[[1.0, 3.0, 100.0, 5.0], [2.0, 2.0, 7.0, 7.0]]] * 2)
+    missing = torch.zeros(2, 2, 4, dtype=torch.bool)
+    missing[0, 0, 2] = True
+    missing[1, 0, 2:] = True
+    enc(SeriesInput(values, torch.tensor([[0.0, 0.1, 0.2, 0.3]] * 2)), missing)
+    flat, one = 0.5 * math.log(1e-6), 0.5 * math.log(1.0 + 1e-6)  # log std of a constant segment; of 1, 3
+    # per token: mean of channels 0 and 1, their log std, their observed share
+    expected = torch.tensor([[[2.0, 2.0, one, flat, 1.0, 1.0], [5.0, 7.0, flat, flat, 0.5, 1.0]],
+                             [[2.0, 2.0, one, flat, 1.0, 1.0], [0.0, 7.0, 0.0, flat, 0.0, 1.0]]])  # fmt: skip
+    torch.testing.assert_close(seen["feats"], expected)
 
 
 @pytest.mark.parametrize("tokens, dims, expected", [(16, 2, (4, 4)), (2, 2, (1, 2)), (7, 2, (1, 7)), (8, 3, (2, 2, 2)),
