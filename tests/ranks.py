@@ -33,12 +33,32 @@ def join(rank: int, world: int, port: int, timeout: float = 30.0) -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
 
 
+def _rank_main(fn, *args) -> None:
+    """A spawned process: ``fn(*args)``, then exit at once with 0 (returned) or 1 (raised, traceback printed). The
+    ranks end with ``os._exit`` because an interpreter shutdown with a live gloo group (a broken one included) can
+    abort in the group's C++ destructors ("terminate called without an active exception", exit -6) after ``fn`` has
+    done everything the test asks of it."""
+    import sys
+    import traceback
+
+    code = 0
+    try:
+        fn(*args)
+    except BaseException:  # noqa: BLE001 -- any failure of the rank's function fails the test through the exit code
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_ranks(fn, *args, world: int = 2, timeout: float = 90.0) -> list[int]:
-    """``fn(rank, world, port, *args)`` in ``world`` spawned processes; their exit codes (0: returned normally). Each
-    process still running at ``timeout`` seconds is killed and fails the test."""
+    """``fn(rank, world, port, *args)`` in ``world`` spawned processes; their exit codes (0: returned normally, 1:
+    raised, another code: the function exited with it). Each process still running at ``timeout`` seconds is killed
+    and fails the test."""
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(fn, rank, world, port, *args)) for rank in range(world)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout
