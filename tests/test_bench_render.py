@@ -190,6 +190,8 @@ def test_missing_rate_curves_by_hand():
     assert row["ci_low"] == pytest.approx(1.1 - half) and row["ci_high"] == pytest.approx(1.1 + half)
     one = missing_rate_curves(frame[frame.seed == 0], sweep)
     assert (one.ci_low == one["mean"]).all() and (one.ci_high == one["mean"]).all()  # one seed: no interval
+    frame["complete"] = frame.method == "good"  # scored on each rate's complete samples: not on the curve
+    assert set(missing_rate_curves(frame, sweep)[lambda c: c.dataset == "d"].method) == {"ref"}
 
 
 def test_calibration_rows_compare_lower_as_better_and_old_cells_have_none(tmp_path):
@@ -423,3 +425,32 @@ def test_per_size_table_by_hand():
     blocks = markdown_per_size(pd.concat([empty, z, frame]), sweep).split("\n\n")  # points in the frame's order
     assert blocks[0] == "z (accuracy):" and blocks[2] == block.split("\n\n")[0] and len(blocks) == 4
     assert markdown_per_size(empty, sweep) == ""
+
+
+def test_a_complete_case_method_is_paired_with_the_reference_on_its_own_test_samples(tmp_path):
+    """A method trained and tested on complete samples only (data.complete_cases, as I2MoE is published) is compared
+    with the reference's accuracy on the test samples with every modality (its per-size group of size M, same rows),
+    not with the reference's whole test split; a group of another size is not a pair; the table marks it with †."""
+    sweep = Sweep(name="cc", methods={m: {"preset": "-", "overrides": {}} for m in ("ref", "cc")}, grid=[MULTI],
+                  seeds=SEEDS, reference="ref", complete_cases={("cc", 0)})  # fmt: skip
+    ref_full, ref_complete, ref_n = [0.80, 0.81, 0.82], [0.90, 0.92, 0.94], [10, 10, 11]  # seed 2: not the same rows
+    mine = [0.95, 0.96, 0.99]
+    for cell in sweep.cells():
+        s = cell["seed"]
+        if cell["method"] == "ref":
+            test = {"n": 40, "accuracy": ref_full[s]}
+            per_size = [{"size": 2, "n": ref_n[s], "accuracy": ref_complete[s]},
+                        {"size": 1, "n": 40 - ref_n[s], "accuracy": 0.7}]  # fmt: skip
+        else:
+            test, per_size = {"n": 10, "accuracy": mine[s]}, [{"size": 2, "n": 10, "accuracy": mine[s]}]
+        append_cell(tmp_path / "cells.jsonl", {**cell, "status": "ok", "dataset": "mfeat", "classes": 10,
+                    "test": test, "test_per_size": per_size, "parameters": 10, "active_parameters": 10,
+                    "flops_per_sample": 1e6, "train_seconds": 1.0, "epochs_run": 1, "best_epoch": 1})  # fmt: skip
+    summary = summary_table(load_frame(sweep, tmp_path), sweep)
+    row = summary[(summary.method == "cc") & (summary.metric == "accuracy")].iloc[0]
+    assert row["pairs"] == 2 and row["scope"] == "complete"
+    assert row["diff"] == pytest.approx(((0.95 - 0.90) + (0.96 - 0.92)) / 2)  # not 0.95 - 0.80 and so on
+    readme = render(sweep, tmp_path).read_text()
+    assert "| cc | 0.967 ± 0.021 ≈ † |" in readme and "†: trained and tested on complete samples only" in readme
+    # differences 0.05 and 0.04: mean 0.045, sd 0.00707, t(1) 12.706 -> half-width 0.0635
+    assert "+0.045 [-0.019, +0.109] (2 seeds) †" in readme

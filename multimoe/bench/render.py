@@ -24,6 +24,11 @@ def point_label(point: dict) -> str:
 
 METRICS = ("accuracy", "f1", "auc", "brier", "ece")
 LOWER_BETTER = ("brier", "ece")  # calibration: 0 is perfect
+COMPLETE_MARK = " †"
+COMPLETE_NOTE = (
+    "†: trained and tested on complete samples only (data.complete_cases, as its publication): its score is on the "
+    "test samples that have every modality, and its paired comparison is with the reference on those same samples."
+)
 
 
 def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
@@ -37,6 +42,7 @@ def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
             {
                 "method": c["method"],
                 "point": point_label(c["point"]),
+                "complete": (c["method"], sweep.grid.index(c["point"])) in sweep.complete_cases,
                 "dataset": c["dataset"],
                 "missing": c["point"].get("data.missing", "natural"),
                 "seed": c["seed"],
@@ -71,10 +77,35 @@ def summary_table(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
             row["primary"] = metric == primary_metric(int(g["classes"].iloc[0]))
             if ref is not None and len(ref) and method != sweep.reference:
                 mine, theirs = (dict(zip(f.seed, f[metric])) for f in (g, ref))
+                if _complete(g) and not _complete(ref):  # the reference on the same (complete) samples
+                    row["scope"] = "complete"
+                    theirs = {s: _on_own_samples(r, mine_r, metric) for s, r, mine_r in _seed_pairs(g, ref)}
                 known = {s for s in mine if s in theirs and not pd.isna(mine[s]) and not pd.isna(theirs[s])}
                 row.update(paired({s: mine[s] for s in known}, {s: theirs[s] for s in known}, metric in LOWER_BETTER))
             out.append(row)
     return pd.DataFrame(out)
+
+
+def _complete(cells: pd.DataFrame) -> bool:
+    """Whether these cells (one method, one point) trained and tested on complete samples only."""
+    return "complete" in cells and bool(cells.complete.iloc[0])
+
+
+def _seed_pairs(g: pd.DataFrame, ref: pd.DataFrame):
+    """(seed, reference record, method record) for the seeds both finished."""
+    theirs = dict(zip(ref.seed, ref.record))
+    return [(s, theirs[s], r) for s, r in zip(g.seed, g.record) if s in theirs]
+
+
+def _on_own_samples(ref_record: dict, record: dict, metric: str) -> float:
+    """The reference's ``metric`` on the test samples of a method trained and tested on complete samples only: its
+    test group with every modality observed (the same rows: same split, same mask). NaN when that group is absent or
+    holds another number of rows, or the metric was not measured on it."""
+    sizes = [e["size"] for e in record.get("test_per_size") or []]
+    group = [e for e in ref_record.get("test_per_size") or [] if sizes and e["size"] == max(sizes)]
+    if len(group) != 1 or group[0]["n"] != record["test"]["n"] or group[0].get(metric) is None:
+        return float("nan")
+    return group[0][metric]
 
 
 def _fmt(mean: float, std) -> str:
@@ -104,6 +135,7 @@ def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
                 continue
             r = r.iloc[0]
             mark = MARK.get(r.get("verdict"), "")  # the reference, and sweeps without one: no verdict (NaN, absent)
+            mark += COMPLETE_MARK if r.get("scope") == "complete" else ""
             cells.append(f"{_fmt(r['mean'], r['std'])} {mark}".strip())
         rows.append([m, *cells])
     return _table(header, rows)
@@ -126,7 +158,8 @@ def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
                 continue
             r, pairs = r.iloc[0], int(pairs)
             interval = f" [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]" if pairs > 1 else ""  # an interval needs 2
-            cells.append(f"{r['diff']:+.3f}{interval} ({pairs} seed{'s' if pairs > 1 else ''})")
+            scope = COMPLETE_MARK if r.get("scope") == "complete" else ""
+            cells.append(f"{r['diff']:+.3f}{interval} ({pairs} seed{'s' if pairs > 1 else ''}){scope}")
         rows.append([m, *cells])
     return _table(["method", *points], rows)
 
@@ -181,9 +214,12 @@ def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
 
 def missing_rate_curves(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
     """Per dataset with at least two MCAR rates, method (sweep order) and rate: the primary metric's mean over seeds
-    and its 95 % interval (a single seed: the mean as both bounds)."""
+    and its 95 % interval (a single seed: the mean as both bounds). Complete-case methods are left out: their scores
+    are on another set of test samples at each rate."""
     rows = []
     mcar = frame[frame.missing.str.startswith("mcar:")]
+    if "complete" in mcar:
+        mcar = mcar[~mcar.complete.astype(bool)]
     for dataset, g in mcar.groupby("dataset"):
         rate = g.missing.str.split(":").str[1].astype(float)
         if rate.nunique() < 2:
@@ -315,6 +351,8 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         else "",
         "",
         markdown_main(summary, sweep),
+        "",
+        COMPLETE_NOTE if "scope" in summary and (summary.scope == "complete").any() else "",
         "",
         *(
             [

@@ -51,6 +51,7 @@ class Sweep:
     source: Path | None = None  # the sweep file
 
     digests: dict = field(default_factory=dict)  # (method, point index) -> digest of the resolved config
+    complete_cases: set = field(default_factory=set)  # (method, point index) whose config has data.complete_cases
 
     def cells(self) -> list[dict]:
         return [
@@ -136,6 +137,8 @@ def load_sweep(path: str | Path) -> Sweep:
             except ConfigError as e:
                 raise ConfigError(f"sweep {path}, method '{method}', point {point}: {e}") from None
             sweep.digests[(method, i)] = config_digest(cfg)
+            if cfg.data.complete_cases:
+                sweep.complete_cases.add((method, i))
     return sweep
 
 
