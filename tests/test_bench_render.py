@@ -114,10 +114,10 @@ def test_readme_text_compute_table_and_files(rendered):
     assert "Cells finished: 18 of 18 (3 methods x 2 grid points x 3 seeds)" in text
     assert "What is held equal: nothing" in text and "Marks against `ref`" in text
     rows = table_rows(text)
-    assert rows["dataset"] == ["method", "parameters", "active parameters", "MFLOPs / sample", "train s (median)",
-                               "epochs"]  # fmt: skip
+    assert rows["dataset"] == ["method", "parameters", "active parameters", "MFLOPs / sample",
+                               "train MFLOPs / sample", "train s (median)", "epochs"]  # fmt: skip
     compute = [line for line in text.splitlines() if line.startswith("| mfeat | good |")]
-    assert compute == ["| mfeat | good | 1,234,567 | 5 | 2.50 | 4 | 4 |"]  # median of 3, 4, 5 seconds
+    assert compute == ["| mfeat | good | 1,234,567 | 5 | 2.50 | 2.50 | 4 | 4 |"]  # median of 3, 4, 5 seconds
     assert text.index("| support2 | ref |") < text.index("| support2 | good |") < text.index("| mfeat | ref |")
     assert "![mfeat_mcar0.3-combinations](plots/mfeat_mcar0.3-combinations.png)" in text
     assert (out / "plots" / "mfeat_mcar0.3-combinations.png").read_bytes()[:4] == b"\x89PNG"
@@ -243,6 +243,7 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
         append_cell(tmp_path / "cells.jsonl", {**cell, "status": "ok", "dataset": "x", "classes": 10,
                     "test": {"n": 10, "accuracy": acc, "f1": acc, "auc": 0.9}, "parameters": 10,
                     "active_parameters": 4, "flops_per_sample": None if method == "b" else 10_005_001,
+                    "train_flops_per_sample": 70_035_007 if method == "c" else None,
                     "train_seconds": seconds, "epochs_run": epochs, "best_epoch": 1,
                     "combinations": combos if method == "c" else None,
                     "test_per_size": [{"size": 1, "n": 4, "accuracy": acc - 0.3}] if method == "a" and point is low
@@ -271,11 +272,13 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
         "| --- | --- |\n"
         "| a | 0.550 |\n\n"  # (0.5 + 0.6) / 2, 4 rows in each of two seeds
         "## Compute\n\n"
-        "| dataset | method | parameters | active parameters | MFLOPs / sample | train s (median) | epochs |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n"
-        "| x | a | 10 | 4 | 10.01 | 20 | 5 |\n"  # 10.005001 MFLOPs; medians of 10, 20, 60 s and 3, 5, 7 epochs
-        "| x | b | 10 | 4 | – | 5 | 2 |\n"
-        "| x | c | 10 | 4 | 10.01 | 8 | 1 |\n\n"
+        "| dataset | method | parameters | active parameters | MFLOPs / sample | train MFLOPs / sample | "
+        "train s (median) | epochs |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        # 10.005001 MFLOPs; medians of 10, 20, 60 s and 3, 5, 7 epochs; no training figure: the inference one
+        "| x | a | 10 | 4 | 10.01 | 10.01 | 20 | 5 |\n"
+        "| x | b | 10 | 4 | – | – | 5 | 2 |\n"
+        "| x | c | 10 | 4 | 10.01 | 70.04 | 8 | 1 |\n\n"  # 7 forwards per training sample: 70.035007
         "## Plots\n\n"
         "![x-missing-rate](plots/x-missing-rate.png)\n"  # two MCAR rates of x: a curve
         "![x_mcar0.5_(train.lr=0.1)-combinations](plots/x_mcar0.5_(train.lr=0.1)-combinations.png)\n\n"

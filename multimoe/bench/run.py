@@ -56,6 +56,7 @@ def run_cell(preset: str, overrides: dict, out_dir: str, threads: int, per_combi
             "parameters": s["parameters"],
             "active_parameters": s["active_parameters"],
             "flops_per_sample": s["flops_per_sample"],
+            "train_flops_per_sample": s.get("train_flops_per_sample"),  # None for the scikit-learn baselines
             "run": Path(s["run_dir"]).name,
         }
         if per_combination:
