@@ -26,7 +26,7 @@ METRICS = ("accuracy", "f1", "auc", "brier", "ece")
 LOWER_BETTER = ("brier", "ece")  # calibration: 0 is perfect
 COMPLETE_MARK = " †"
 COMPLETE_NOTE = (
-    "†: trained and tested on complete samples only (data.complete_cases, as its publication): its score is on the "
+    "†: trained and tested on complete samples only (data.complete_cases, as published): its score is on the "
     "test samples that have every modality, and its paired comparison is with the reference on those same samples."
 )
 
