@@ -8,7 +8,9 @@ import datetime
 import multiprocessing
 import os
 import socket
+import sys
 import time
+import traceback
 
 
 def free_port() -> int:
@@ -38,9 +40,6 @@ def _rank_main(fn, *args) -> None:
     ranks end with ``os._exit`` because an interpreter shutdown with a live gloo group (a broken one included) can
     abort in the group's C++ destructors ("terminate called without an active exception", exit -6) after ``fn`` has
     done everything the test asks of it."""
-    import sys
-    import traceback
-
     code = 0
     try:
         fn(*args)

@@ -77,10 +77,12 @@ def summary_table(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
             row = {"point": point, "method": method, "metric": metric, **mean_ci(g[metric])}
             row["primary"] = metric == primary_metric(int(g["classes"].iloc[0]))
             if ref is not None and len(ref) and method != sweep.reference:
-                mine, theirs = (dict(zip(f.seed, f[metric])) for f in (g, ref))
+                mine = dict(zip(g.seed, g[metric]))
                 if _complete(g) and not _complete(ref):  # the reference on the same (complete) samples
                     row["scope"] = "complete"
                     theirs = {s: _on_own_samples(r, mine_r, metric) for s, r, mine_r in _seed_pairs(g, ref)}
+                else:
+                    theirs = dict(zip(ref.seed, ref[metric]))
                 known = {s for s in mine if s in theirs and not pd.isna(mine[s]) and not pd.isna(theirs[s])}
                 row.update(paired({s: mine[s] for s in known}, {s: theirs[s] for s in known}, metric in LOWER_BETTER))
             out.append(row)
