@@ -37,7 +37,7 @@ from multimoe.config import Config
 from multimoe.cost import model_costs
 from multimoe.data.prepare import prepare
 from multimoe.data.table import build_table
-from multimoe.model import build_model, resolve
+from multimoe.model import build_model, compile_model, resolve
 from multimoe.process import release_freed_memory, retain_freed_memory
 from multimoe.registry import load_config
 from multimoe.train import epoch_order, make_optimizer, run_epoch, train_step, validate
@@ -77,9 +77,11 @@ def published(args, overrides: list[str]) -> None:
     model_cfg, _ = resolve(cfg.model, splits.schema)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, splits.schema)
-    optimizer = make_optimizer(model, cfg.train)
     t = cfg.train
     fwd = model_costs(model, model_cfg, splits.schema)["flops_per_sample"]
+    if t.compile:  # train.compile=true: as multimoe.train compiles it (the MoE engine stays eager)
+        compile_model(model)
+    optimizer = make_optimizer(model, cfg.train)
     n_train, n_val = len(splits.train), len(splits.val)
     flops = fwd * (3 * n_train + n_val)
     num_present_N = splits.train.present_NM.sum(dim=1)

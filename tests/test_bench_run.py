@@ -120,3 +120,23 @@ def test_ray_executor_without_ray_says_what_to_install(sweep_file, tmp_path, mon
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'multimoe\[ray\]'"):
         run_sweep(load_sweep(sweep_file), tmp_path, progress=False, executor="ray")
+
+
+def test_a_second_bench_on_the_same_store_ends_with_an_error_naming_the_first(sweep_file, tmp_path):
+    """One writer per store: while a bench holds the folder's lock, another `multimoe bench` on it runs no cell and
+    ends with one error line naming the holder's pid (exit status 2); once the holder is gone the folder is free."""
+    import os
+    import subprocess
+
+    from multimoe.bench.store import writer_lock
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(out), "--jobs", "1"]
+    with writer_lock(out):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"another bench (pid {os.getpid()}) is writing" in errors[0]
+    assert read_cells(out / "cells.jsonl") == []
+    with writer_lock(out):  # released: the same process takes it again at once
+        pass

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from multimoe.bench.store import STORE_VERSION, append_cell, log_session, read_cells
+from multimoe.bench.store import STORE_VERSION, append_cell, log_session, read_cells, writer_lock
 from multimoe.bench.sweep import Sweep, yaml_scalar
 from multimoe.config import ConfigError
 from multimoe.process import die_with_parent
@@ -84,6 +84,12 @@ def run_sweep(sweep: Sweep, results_dir: str | Path, jobs: int = 0, threads: int
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     results_dir = Path(results_dir)
+    with writer_lock(results_dir):  # one bench per store: a second one ends with an error naming the first
+        return _run_locked(sweep, results_dir, jobs, threads, progress, executor, address)
+
+
+def _run_locked(sweep: Sweep, results_dir: Path, jobs: int, threads: int, progress: bool, executor: str,
+                address: str | None) -> Path:  # fmt: skip
     out_dir = results_dir / sweep.name
     out_dir.mkdir(parents=True, exist_ok=True)
     results = results_dir / "cells.jsonl"
