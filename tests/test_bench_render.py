@@ -16,6 +16,7 @@ from multimoe.bench.render import (
     missing_rate_curves,
     point_label,
     summary_table,
+    worst_groups,
 )
 from multimoe.bench.sweep import Sweep
 
@@ -457,3 +458,57 @@ def test_a_complete_case_method_is_paired_with_the_reference_on_its_own_test_sam
     assert "| cc | 0.967 ± 0.021 ≈ † |" in readme and "†: trained and tested on complete samples only" in readme
     # differences 0.05 and 0.04: mean 0.045, sd 0.00707, t(1) 12.706 -> half-width 0.0635
     assert "+0.045 [-0.019, +0.109] (2 seeds) †" in readme
+
+
+def test_worst_combination_table_by_hand(tmp_path):
+    """Per seed the lowest-scoring combination with at least 10 test rows (a smaller one is left out, however low;
+    equal values: the first in published order), its mean over seeds, the combination worst in most seeds, and the
+    paired difference from the reference's own worst combination."""
+    sweep = Sweep(name="worst", methods={m: {"preset": "-", "overrides": {}} for m in ("ref", "good", "bad")},
+                  grid=[MULTI], seeds=SEEDS, reference="ref")  # fmt: skip
+    # per method, per seed: accuracy on combination a+b (20 rows), a (12 rows); b (5 rows) always scores 0.1
+    values = {
+        "ref": [(0.90, 0.60), (0.90, 0.62), (0.90, 0.64)],  # worst: a
+        "good": [(0.85, 0.90), (0.86, 0.90), (0.87, 0.90)],  # worst: a+b
+        "bad": [(0.50, 0.50), (0.60, 0.55), (0.60, 0.55)],  # seed 0: a tie, a+b comes first; then a
+    }
+    for cell in sweep.cells():
+        ab, a = values[cell["method"]][cell["seed"]]
+        groups = [
+            {"combination": "a+b", "index": 0, "size": 2, "n": 20, "accuracy": ab, "auc": None},
+            {"combination": "a", "index": 1, "size": 1, "n": 12, "accuracy": a, "auc": None},
+            {"combination": "b", "index": 2, "size": 1, "n": 5, "accuracy": 0.1, "auc": None},
+        ]
+        append_cell(tmp_path / "cells.jsonl", {**cell, "status": "ok", "dataset": "mfeat", "classes": 10,
+                    "test": {"n": 37, "accuracy": 0.8}, "test_per_combination": groups, "parameters": 1,
+                    "active_parameters": 1, "flops_per_sample": 1e6, "train_seconds": 1.0, "epochs_run": 1,
+                    "best_epoch": 1})  # fmt: skip
+    worst = worst_groups(load_frame(sweep, tmp_path))
+    assert worst[worst.method == "bad"].combination.tolist() == ["a+b", "a", "a"]
+    readme = render(sweep, tmp_path).read_text()
+    assert "## Worst modality combination (test split, combinations with at least 10 rows)" in readme
+    rows = table_rows(readme.split("## Worst modality combination")[1])
+    assert rows["ref"] == ["0.620 ± 0.020", "a (3 of 3)", "–"]
+    # differences 0.25, 0.24, 0.23: mean 0.24, sd 0.01, t(2) 4.303 -> half-width 0.0248
+    assert rows["good"] == ["0.860 ± 0.010", "a+b (3 of 3)", "+0.240 [+0.215, +0.265] ▲"]
+    # values 0.50, 0.55, 0.55 (mean 0.5333, sd 0.0289); differences -0.10, -0.07, -0.09: mean -0.0867, sd 0.0153,
+    # half-width 0.0379
+    assert rows["bad"] == ["0.533 ± 0.029", "a (2 of 3)", "-0.087 [-0.125, -0.049] ▼"]
+
+
+def test_worst_combination_leaves_out_undefined_metrics():
+    """On a binary task the AUC of a one-class combination is undefined (None): it is never the worst group; a cell
+    whose every combination is undefined or small has no worst group."""
+
+    def cell(groups):
+        return {"method": "m", "point": "p", "seed": 0, "classes": 2, "complete": False,
+                "record": {"test_per_combination": groups}}  # fmt: skip
+
+    frame = pd.DataFrame([
+        cell([{"combination": "a", "index": 0, "n": 30, "auc": None}, {"combination": "b", "index": 1, "n": 30,
+              "auc": 0.7}]),
+        cell([{"combination": "a", "index": 0, "n": 30, "auc": None}, {"combination": "b", "index": 1, "n": 9,
+              "auc": 0.2}]),
+    ])  # fmt: skip
+    worst = worst_groups(frame)
+    assert worst[["combination", "metric", "value"]].values.tolist() == [["b", "auc", 0.7]]

@@ -193,6 +193,60 @@ def markdown_per_size(frame: pd.DataFrame, sweep: Sweep) -> str:
     return "\n\n".join(blocks)
 
 
+WORST_MIN_ROWS = 10  # a modality combination enters the worst-group figure with at least this many test rows
+
+
+def worst_groups(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per point, method and seed: the lowest primary metric among the test split's modality combinations (as the
+    test mask leaves them) with at least ``WORST_MIN_ROWS`` rows, and which combination it is (the first in the
+    published order among equals). Combinations where the metric is undefined (the AUC of a one-class group) are
+    left out, and so are complete-case methods (their test split holds one combination)."""
+    rows = []
+    for r in frame.itertuples():
+        metric = primary_metric(int(r.classes))
+        groups = [
+            g
+            for g in r.record.get("test_per_combination") or []
+            if g["n"] >= WORST_MIN_ROWS and g.get(metric) is not None
+        ]
+        if not groups or getattr(r, "complete", False):
+            continue
+        worst = min(groups, key=lambda g: (g[metric], g["index"]))
+        rows.append({"point": r.point, "method": r.method, "seed": r.seed, "metric": metric,
+                     "combination": worst["combination"], "n": worst["n"], "value": worst[metric]})  # fmt: skip
+    return pd.DataFrame(rows, columns=["point", "method", "seed", "metric", "combination", "n", "value"])
+
+
+def markdown_worst(worst: pd.DataFrame, sweep: Sweep) -> str:
+    """Per grid point: each method's worst-group value (mean ± std over seeds), the combination that is worst in
+    most seeds (with how many), and the paired difference from the reference's worst group over the seeds both
+    have (a seed's test mask is the same for every method, so both choose among the same combinations)."""
+    blocks = []
+    for point, g in worst.groupby("point", sort=False):
+        ref = g[g.method == sweep.reference] if sweep.reference else g.iloc[:0]
+        header = ["method", f"worst group ({g.metric.iloc[0]})", "worst combination (seeds)"]
+        header += [f"difference from {sweep.reference} [95 %]"] if len(ref) else []
+        rows = []
+        for m in (m for m in sweep.methods if m in set(g.method)):
+            h = g[g.method == m]
+            s = mean_ci(h.value)
+            counts = h.combination.value_counts(sort=False)
+            name = counts.idxmax()  # the most frequent; among equal counts the first worst seen
+            row = [m, _fmt(s["mean"], s["std"]), f"{name} ({counts[name]} of {len(h)})"]
+            if len(ref):
+                d = paired(dict(zip(h.seed, h.value)), dict(zip(ref.seed, ref.value)))
+                if m == sweep.reference or d["pairs"] == 0:
+                    row.append("–")
+                elif d["pairs"] == 1:
+                    row.append(f"{d['diff']:+.3f} (1 seed)")
+                else:
+                    mark = MARK[d["verdict"]]
+                    row.append(f"{d['diff']:+.3f} [{d['diff_low']:+.3f}, {d['diff_high']:+.3f}] {mark}")
+            rows.append(row)
+        blocks.append(f"{point}:\n\n" + _table(header, rows))
+    return "\n\n".join(blocks)
+
+
 def _mean_or_dash(value) -> str:
     return "–" if pd.isna(value) else f"{value:.3f}"
 
@@ -341,6 +395,7 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
     total = sum(s["seconds"] for s in sessions)
     expected = len(sweep.cells())
     per_size = markdown_per_size(frame, sweep)
+    worst = worst_groups(frame)
     lines = [
         f"# Sweep `{sweep.name}`",
         "",
@@ -376,6 +431,20 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
             else []
         ),
         *(["## By number of observed modalities (test split, mean over seeds)", "", per_size, ""] if per_size else []),
+        *(
+            [
+                f"## Worst modality combination (test split, combinations with at least {WORST_MIN_ROWS} rows)",
+                "",
+                "Per seed, the combination of observed modalities on which the method scores lowest; the value is its "
+                "mean over seeds, compared paired with the reference's own worst combination of the same seed."
+                + (" Complete-case methods (†) are left out." if any(frame.complete) else ""),
+                "",
+                markdown_worst(worst, sweep),
+                "",
+            ]
+            if not worst.empty
+            else []
+        ),
         "## Compute",
         "",
         markdown_costs(frame, sweep),
