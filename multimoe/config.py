@@ -145,6 +145,10 @@ class ModelConfig:
     confsmoe: ConfSMoEConfig = field(default_factory=ConfSMoEConfig)
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
     pool_rows: int = 0  # training rows a model keeps to draw from (confsmoe, moe_retriever): set from the data
+    # independently initialised copies of the architecture trained side by side on the same batches, each on its own
+    # cross-entropy; the model predicts their mean class probabilities (a deep ensemble in one model: multimoe/model.py
+    # Ensemble). 1: the architecture alone
+    members: int = 1
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
     hgb_max_iter: int = 100  # hgb: boosting rounds
     # what logreg and hgb read of a series modality: none (refused: they take no raw signals) | summary (per-channel
@@ -404,6 +408,7 @@ ADDED_KEYS = (
     "model.confsmoe",
     "model.retriever",
     "model.pool_rows",
+    "model.members",
 )
 
 
@@ -514,6 +519,7 @@ def validate(cfg: Config) -> None:
     _positive("model.retriever.warmup_epochs", m.retriever.warmup_epochs, allow_zero=True)
     _fraction("model.retriever.inter_weight", m.retriever.inter_weight, 0, 1)
     _positive("model.pool_rows", m.pool_rows, allow_zero=True)
+    _positive("model.members", m.members)
     t = cfg.train
     for k in ("epochs", "batch_size", "eval_batch_size", "lr"):
         _positive(f"train.{k}", getattr(t, k))

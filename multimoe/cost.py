@@ -18,6 +18,7 @@ MoE-Retriever retrieval per missing cell: ``retrieval_flops``) depends on the da
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from torch import nn
@@ -139,6 +140,10 @@ def model_costs(model: nn.Module, cfg: ModelConfig, schema: DataSchema) -> dict:
     """{"parameters", "active_parameters", "flops_per_sample", "train_flops_per_sample"} of a neural model built
     from ``cfg``."""
     total = sum(p.numel() for p in model.parameters())
+    if cfg.members > 1:  # an ensemble: every member's cost, its parameters counted once each
+        one = model_costs(model.members[0], dataclasses.replace(cfg, members=1), schema)
+        flops = {k: v * cfg.members for k, v in one.items() if k.endswith("flops_per_sample")}
+        return {"parameters": total, "active_parameters": one["active_parameters"] * cfg.members, **flops}
     inactive = 0
     for module in model.modules():
         if isinstance(module, MoE):  # only k experts per token are active, and what the layer keeps per expert

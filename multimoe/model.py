@@ -16,6 +16,8 @@ a + dropout(a) with a = attention(LN(x)) (models.py TransformerEncoderLayer.forw
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +124,7 @@ class ModelOutput:
     aux_loss: Tensor  # router losses summed over MoE layers (unweighted)
     moe: list[MoEOutput]  # per MoE layer: routing, tokens per expert
     info: TokenInfo | None  # modality and combination of every token (None without fusion tokens)
+    member_logits_KBC: Tensor | None = None  # an ensemble's members' own logits, each trained on its own loss
 
 
 class MultimodalMoE(nn.Module):
@@ -201,6 +204,29 @@ class LateFusion(nn.Module):
         return ModelOutput(probs_BC.clamp(min=1e-12).log(), logits_BMC.new_zeros(()), [], None)
 
 
+class Ensemble(nn.Module):
+    """``model.members`` copies of one architecture, each initialised from its own draws, trained side by side on the
+    same batches (a deep ensemble in one model; TabM, Gorishniy et al. 2024, call it an ensemble trained in
+    parallel). Each member is trained on its own cross-entropy, so its gradient is the one it would get alone on the
+    batch (``multimoe.train.train_step``); the model predicts the mean of the members' class probabilities, whose
+    logarithm is its logits, so evaluation, early stopping, ``predict`` and export read the ensemble as one model.
+    Router losses are averaged over the members, and the MoE layers of every member are listed in member order."""
+
+    def __init__(self, cfg: ModelConfig, schema: DataSchema, member: type[nn.Module]) -> None:
+        super().__init__()
+        self.cfg, self.schema = cfg, schema
+        one = dataclasses.replace(cfg, members=1)
+        self.members = nn.ModuleList([member(one, schema) for _ in range(cfg.members)])
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        outs = [m(batch) for m in self.members]
+        logits_KBC = torch.stack([o.logits_BC for o in outs])
+        mean_logp_BC = torch.logsumexp(logits_KBC.log_softmax(dim=-1), dim=0) - math.log(len(outs))
+        aux = torch.stack([o.aux_loss for o in outs]).mean()
+        moe = [layer for o in outs for layer in o.moe]
+        return ModelOutput(mean_logp_BC, aux, moe, outs[0].info, logits_KBC)
+
+
 def resolve(cfg: ModelConfig, schema: DataSchema) -> tuple[ModelConfig, list[str]]:
     """The model config as it runs on ``schema``, and notes on what was adjusted: the one place where the expert
     count and ``top_k``'s range are decided.
@@ -240,6 +266,8 @@ def build_model(cfg: ModelConfig, schema: DataSchema) -> nn.Module:
     if entry.kind != "neural":
         neural = ", ".join(n for n in ARCHS if ARCHS.check(n).kind == "neural")
         raise ConfigError(f"model.arch={cfg.arch!r} is not a neural model; neural archs: {neural}")
+    if cfg.members > 1:
+        return Ensemble(cfg, schema, entry.load())
     return entry.load()(cfg, schema)
 
 

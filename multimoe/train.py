@@ -218,7 +218,8 @@ def run_epoch(model, optimizer, data: MultimodalData, order: torch.Tensor, t: Tr
 
 
 def train_step(model, optimizer, batch, t: TrainConfig, check=None, carry: float = 0.0, share: Share | None = None):
-    """One optimisation step: (modality dropout,) forward, task loss + weighted router loss, backward, gradient
+    """One optimisation step: (modality dropout,) forward, task loss + weighted router loss (an ensemble: the sum
+    over its members of each one's own), backward, gradient
     norm (clipped when ``train.grad_clip`` > 0), ``check(loss, norm)`` before the update (the finite guard), update.
     ``carry`` is a constant router loss added to this step's (``train.carry_val_gate_loss``): it changes the loss
     and the router loss returned, never the gradient. ``share``: under torchrun, this rank's weights in the step's
@@ -226,12 +227,21 @@ def train_step(model, optimizer, batch, t: TrainConfig, check=None, carry: float
     if t.modality_dropout > 0:
         batch = batch.with_presence(drop_modalities(batch.present_BM, t.modality_dropout))
     out = model(batch)
-    task_loss = F.cross_entropy(out.logits_BC, batch.labels_B, weight=class_weights(t, out.logits_BC))
+    weight = class_weights(t, out.logits_BC)
+    members = 1
+    if out.member_logits_KBC is None:
+        task_loss = F.cross_entropy(out.logits_BC, batch.labels_B, weight=weight)
+    else:  # an ensemble (model.members): each member on its own loss; the mean is reported
+        members = out.member_logits_KBC.shape[0]
+        task_loss = torch.stack([F.cross_entropy(lg, batch.labels_B, weight=weight) for lg in out.member_logits_KBC])
+        task_loss = task_loss.mean()
     aux_loss = out.aux_loss + carry if carry else out.aux_loss
     if share is None:
         loss = task_loss + t.gate_loss_weight * aux_loss
     else:
         loss = share.task * task_loss + t.gate_loss_weight * share.gate * aux_loss
+    if members > 1:  # the losses of the members (and their mean router loss) summed: each gets its own gradient
+        loss = loss * members
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = grad_norm(model, t.grad_clip) if share is None else share.norm(model, t.grad_clip)

@@ -62,6 +62,14 @@ def test_every_neural_preset_exports(preset, tmp_path):
     assert check_every_combination(run, path) >= 5
 
 
+def test_an_ensemble_exports_as_one_graph(tmp_path):
+    """model.members=2: the graph computes every member and the mean of their probabilities, as PyTorch does."""
+    run = train_run(tmp_path, "multimoe", "data.missing=mcar:0.5", "train.epochs=1", "model.members=2")
+    code, _, err = cli("export", run, "--format", "onnx", "--out", str(tmp_path / "model.onnx"))
+    assert code == 0, err
+    assert check_every_combination(run, tmp_path / "model.onnx") >= 5
+
+
 def test_server_side_predictor_needs_no_torch(multimoe_export, tmp_path):
     run, path, _ = multimoe_export
     df = patients(40, seed=11)

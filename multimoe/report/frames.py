@@ -49,6 +49,9 @@ def initial_bank(run: OpenRun) -> np.ndarray | None:
 
 def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> dict[str, pd.DataFrame]:
     empty = {k: pd.DataFrame() for k in ("bank_pairs", "bank_claim", "bank_by_shared", "bank_rows")}
+    if run.cfg.model.members > 1:
+        notes.append(f"an ensemble of {run.cfg.model.members} models (model.members): no bank similarity per member")
+        return empty
     if not isinstance(getattr(run.model, "fill", None), BankFill):
         notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
         return empty
