@@ -134,6 +134,11 @@ def check(cfg: Config) -> Config:
         ENCODERS.check(getattr(cfg.model.encoder, kind), kind, key=f"model.encoder.{kind}")
     FILLS.check(cfg.model.fill)
     ROUTERS.check(cfg.model.moe.router.kind)
+    if cfg.model.members > 1 and is_baseline(cfg.model.arch):
+        raise ConfigError(
+            f"model.members={cfg.model.members} makes an ensemble of a neural model; model.arch={cfg.model.arch} is "
+            "a scikit-learn baseline (set model.members=1)"
+        )
     return cfg
 
 

@@ -70,9 +70,11 @@ def test_costs_count_every_member():
     assert c3["train_flops_per_sample"] == 3 * c1["train_flops_per_sample"]
 
 
-def test_members_must_be_positive():
+def test_members_must_be_positive_and_of_a_neural_model():
     with pytest.raises(ConfigError, match=r"model.members=0 must be > 0"):
         load_config(None, ["model.members=0"])
+    with pytest.raises(ConfigError, match=r"model.arch=hgb is a scikit-learn baseline"):
+        load_config(None, ["model.arch=hgb", "model.members=3"])
 
 
 def test_an_ensemble_trains_saves_and_reloads_as_one_model(tmp_path):
