@@ -512,3 +512,22 @@ def test_worst_combination_leaves_out_undefined_metrics():
     ])  # fmt: skip
     worst = worst_groups(frame)
     assert worst[["combination", "metric", "value"]].values.tolist() == [["b", "auc", 0.7]]
+
+
+def test_tables_follow_the_sweep_order_not_the_store_order(tmp_path):
+    """Cells finish in any order (and other sweeps share the store): the tables list grid points, then methods, as
+    the sweep file does."""
+    sweep = Sweep(name="order", methods={m: {"preset": "-", "overrides": {}} for m in ("ref", "other")},
+                  grid=[MULTI, BINARY], seeds=[0], reference="ref")  # fmt: skip
+    for cell in reversed(sweep.cells()):  # the last grid point's cells first, "other" before "ref"
+        append_cell(tmp_path / "cells.jsonl", {**cell, "status": "ok", "dataset": cell["point"]["data.name"],
+                    "classes": 10 if cell["point"] is MULTI else 2, "test": {"n": 10, "accuracy": 0.5, "auc": 0.5},
+                    "parameters": 1, "active_parameters": 1, "flops_per_sample": 1e6, "train_seconds": 1.0,
+                    "epochs_run": 1, "best_epoch": 1})  # fmt: skip
+    frame = load_frame(sweep, tmp_path)
+    assert list(zip(frame.point, frame.method)) == [
+        ("mfeat mcar:0.3", "ref"), ("mfeat mcar:0.3", "other"), ("support2 natural", "ref"),
+        ("support2 natural", "other"),
+    ]  # fmt: skip
+    readme = render(sweep, tmp_path).read_text()
+    assert "| method | mfeat mcar:0.3 (accuracy) | support2 natural (auc) |" in readme

@@ -32,7 +32,9 @@ COMPLETE_NOTE = (
 
 
 def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
-    """One row per finished cell of the sweep (other sweeps' cells in the store are ignored)."""
+    """One row per finished cell of the sweep (other sweeps' cells in the store are ignored), in the sweep's order:
+    grid point, then method, then seed (the store holds them in the order they finished, which other sweeps and
+    restarts interleave), so that every table lists the grid points as the sweep file does."""
     keys = {c["key"] for c in sweep.cells()}
     rows = []
     for c in read_cells(Path(results_dir) / "cells.jsonl"):
@@ -63,7 +65,12 @@ def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
                 "record": c,
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    order = {m: i for i, m in enumerate(sweep.methods)}
+    rank = [(sweep.grid.index(r.record["point"]), order[r.method], r.seed) for r in frame.itertuples()]
+    return frame.iloc[sorted(range(len(frame)), key=rank.__getitem__)].reset_index(drop=True)
 
 
 def summary_table(frame: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
@@ -219,8 +226,9 @@ def worst_groups(frame: pd.DataFrame) -> pd.DataFrame:
 
 def markdown_worst(worst: pd.DataFrame, sweep: Sweep) -> str:
     """Per grid point: each method's worst-group value (mean ± std over seeds), the combination that is worst in
-    most seeds (with how many), and the paired difference from the reference's worst group over the seeds both
-    have (a seed's test mask is the same for every method, so both choose among the same combinations)."""
+    most seeds (with how many; among equal counts, the lowest seed's), and the paired difference from the
+    reference's worst group over the seeds both have (a seed's test mask is the same for every method, so both
+    choose among the same combinations)."""
     blocks = []
     for point, g in worst.groupby("point", sort=False):
         ref = g[g.method == sweep.reference] if sweep.reference else g.iloc[:0]
@@ -231,7 +239,7 @@ def markdown_worst(worst: pd.DataFrame, sweep: Sweep) -> str:
             h = g[g.method == m]
             s = mean_ci(h.value)
             counts = h.combination.value_counts(sort=False)
-            name = counts.idxmax()  # the most frequent; among equal counts the first worst seen
+            name = counts.idxmax()  # the most frequent; among equal counts the one of the lowest seed
             row = [m, _fmt(s["mean"], s["std"]), f"{name} ({counts[name]} of {len(h)})"]
             if len(ref):
                 d = paired(dict(zip(h.seed, h.value)), dict(zip(ref.seed, ref.value)))
