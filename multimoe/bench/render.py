@@ -151,6 +151,11 @@ def markdown_main(summary: pd.DataFrame, sweep: Sweep) -> str:
     return _table(header, rows)
 
 
+def _difference(diff: float, low: float, high: float, pairs: int) -> str:
+    """A mean paired difference with its 95 % interval ("+0.013 [+0.005, +0.022]"); one pair has no interval."""
+    return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]" if pairs > 1 else f"{diff:+.3f}"
+
+
 def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
     """Methods x grid points, primary metric: each method's mean paired difference from the reference over the seeds
     both finished, with its 95 % t interval and the number of pairs (an attribution table when each method changes
@@ -167,9 +172,9 @@ def markdown_paired(summary: pd.DataFrame, sweep: Sweep) -> str:
                 cells.append("–")
                 continue
             r, pairs = r.iloc[0], int(pairs)
-            interval = f" [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]" if pairs > 1 else ""  # an interval needs 2
             scope = COMPLETE_MARK if r.get("scope") == "complete" else ""
-            cells.append(f"{r['diff']:+.3f}{interval} ({pairs} seed{'s' if pairs > 1 else ''}){scope}")
+            diff = _difference(r["diff"], r["diff_low"], r["diff_high"], pairs)
+            cells.append(f"{diff} ({pairs} seed{'s' if pairs > 1 else ''}){scope}")
         rows.append([m, *cells])
     return _table(["method", *points], rows)
 
@@ -211,12 +216,14 @@ def worst_groups(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in frame.itertuples():
         metric = primary_metric(int(r.classes))
+        if r.complete:
+            continue
         groups = [
             g
             for g in r.record.get("test_per_combination") or []
             if g["n"] >= WORST_MIN_ROWS and g.get(metric) is not None
         ]
-        if not groups or getattr(r, "complete", False):
+        if not groups:
             continue
         worst = min(groups, key=lambda g: (g[metric], g["index"]))
         rows.append({"point": r.point, "method": r.method, "seed": r.seed, "metric": metric,
@@ -245,11 +252,9 @@ def markdown_worst(worst: pd.DataFrame, sweep: Sweep) -> str:
                 d = paired(dict(zip(h.seed, h.value)), dict(zip(ref.seed, ref.value)))
                 if m == sweep.reference or d["pairs"] == 0:
                     row.append("–")
-                elif d["pairs"] == 1:
-                    row.append(f"{d['diff']:+.3f} (1 seed)")
                 else:
-                    mark = MARK[d["verdict"]]
-                    row.append(f"{d['diff']:+.3f} [{d['diff_low']:+.3f}, {d['diff_high']:+.3f}] {mark}")
+                    diff = _difference(d["diff"], d["diff_low"], d["diff_high"], d["pairs"])
+                    row.append(f"{diff} {MARK[d['verdict']]}" if d["pairs"] > 1 else f"{diff} (1 seed)")
             rows.append(row)
         blocks.append(f"{point}:\n\n" + _table(header, rows))
     return "\n\n".join(blocks)
