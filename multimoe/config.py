@@ -55,13 +55,24 @@ class DataConfig:
 
 
 @dataclass
+class PeriodicConfig:
+    """The periodic numerical embedding of the ``periodic_mlp`` encoder (Gorishniy et al. 2022, PLR)."""
+
+    frequencies: int = 16  # k: cosines and sines per feature
+    scale: float = 0.1  # sigma: the trained frequencies start from N(0, sigma^2) (features are standardised)
+    width: int = 16  # d: each feature's embedding width (its own linear map 2k -> d, then ReLU)
+
+
+@dataclass
 class EncoderConfig:
     kind: str = "patch_linear"  # encoder of table and embedding modalities (registry): patch_linear (Flex-MoE) | mlp
+    # | periodic_mlp (the mlp on per-feature periodic embeddings)
     hidden: int = 256  # hidden width of the mlp encoder (and of the hashed-bag text encoder's MLP)
     cell_mask: bool = False  # append the within-modality missing-cell mask to the encoder input
     series: str = "mtand"  # encoder of series modalities (registry, kind series): mtand | series_conv
     image: str = "cnn"  # encoder of image modalities (registry, kind image): cnn | timm
     text: str = "hashed_bag"  # encoder of text modalities (registry, kind text): hashed_bag
+    periodic: PeriodicConfig = field(default_factory=PeriodicConfig)  # the periodic_mlp encoder's embedding
 
 
 @dataclass
@@ -409,6 +420,7 @@ ADDED_KEYS = (
     "model.retriever",
     "model.pool_rows",
     "model.members",
+    "model.encoder.periodic",
 )
 
 
@@ -508,6 +520,8 @@ def validate(cfg: Config) -> None:
     _fraction("model.dropout", m.dropout, 0, 1)
     _positive("model.moe.num_experts", m.moe.num_experts)
     _positive("model.moe.hidden", m.moe.hidden)
+    for k in ("frequencies", "scale", "width"):
+        _positive(f"model.encoder.periodic.{k}", getattr(m.encoder.periodic, k))
     _positive("model.moe.capacity_factor", m.moe.capacity_factor, allow_zero=True)
     for k in ("temperature", "reweight_hidden", "reweight_layers"):
         _positive(f"model.i2moe.{k}", getattr(m.i2moe, k))

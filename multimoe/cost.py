@@ -37,7 +37,12 @@ def _encoder_flops(cfg: ModelConfig, features: int) -> int:
     P, D = cfg.tokens, cfg.dim
     if cfg.encoder.kind == "patch_linear":
         return 2 * P * math.ceil(width / P) * D
-    return 2 * width * cfg.encoder.hidden + 2 * cfg.encoder.hidden * P * D
+    embedding = 0
+    if cfg.encoder.kind == "periodic_mlp":  # each feature's map 2k -> d; the MLP then reads d values per feature
+        p = cfg.encoder.periodic
+        embedding = 2 * features * 2 * p.frequencies * p.width
+        width += features * (p.width - 1)
+    return embedding + 2 * width * cfg.encoder.hidden + 2 * cfg.encoder.hidden * P * D
 
 
 def _attention_flops(tokens: int, dim: int) -> int:

@@ -7,6 +7,7 @@ absent modality's zeros never reach the loss and its encoder gets no gradient fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -56,5 +57,42 @@ class MLPEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x_BF: Tensor, missing_BF: Tensor) -> Tensor:
-        x_BF = _with_mask(x_BF, missing_BF, self.cell_mask)
-        return self.norm(self.net(x_BF).view(x_BF.shape[0], self.tokens, self.dim))
+        return self._tokens(_with_mask(x_BF, missing_BF, self.cell_mask))
+
+    def _tokens(self, h_BX: Tensor) -> Tensor:
+        return self.norm(self.net(h_BX).view(h_BX.shape[0], self.tokens, self.dim))
+
+
+class PeriodicEmbedding(nn.Module):
+    """Each numeric feature x_j as ReLU(W_j [cos(2 pi c_j x_j), sin(2 pi c_j x_j)] + b_j): k trained frequencies
+    c_j per feature, started from N(0, sigma^2), and the feature's own linear map 2k -> d (Gorishniy et al. 2022,
+    "On Embeddings for Numerical Features in Tabular Deep Learning", PLR). A missing cell's 0 is embedded like any
+    value; the cell mask, when read, says which cells those are."""
+
+    def __init__(self, features: int, frequencies: int, scale: float, width: int) -> None:
+        super().__init__()
+        self.frequencies_FK = nn.Parameter(torch.randn(features, frequencies) * scale)
+        bound = 1 / math.sqrt(2 * frequencies)  # nn.Linear's initialisation, per feature
+        self.weight_FKD = nn.Parameter(torch.empty(features, 2 * frequencies, width).uniform_(-bound, bound))
+        self.bias_FD = nn.Parameter(torch.empty(features, width).uniform_(-bound, bound))
+
+    def forward(self, x_BF: Tensor) -> Tensor:
+        angle_BFK = 2 * math.pi * self.frequencies_FK * x_BF.unsqueeze(-1)
+        periodic_BFK = torch.cat([torch.cos(angle_BFK), torch.sin(angle_BFK)], dim=-1)
+        return torch.relu(torch.einsum("bfk,fkd->bfd", periodic_BFK, self.weight_FKD) + self.bias_FD)
+
+
+class PeriodicMLPEncoder(MLPEncoder):
+    """The two-layer MLP encoder on periodic embeddings of the features (``model.encoder.periodic``) instead of
+    their raw values: an MLP learns high-frequency functions of a feature (thresholds, as trees do) far more easily
+    from them."""
+
+    def __init__(self, features: int, tokens: int, dim: int, cfg: EncoderConfig) -> None:
+        p = cfg.periodic  # the MLP reads d values per feature, then the cell mask when asked
+        width = features * p.width + (features if cfg.cell_mask else 0)
+        super().__init__(width, tokens, dim, dataclasses.replace(cfg, cell_mask=False))
+        self.cell_mask = cfg.cell_mask
+        self.embed = PeriodicEmbedding(features, p.frequencies, p.scale, p.width)
+
+    def forward(self, x_BF: Tensor, missing_BF: Tensor) -> Tensor:
+        return self._tokens(_with_mask(self.embed(x_BF).flatten(1), missing_BF, self.cell_mask))

@@ -71,6 +71,8 @@ ENCODERS = Registry("model.encoder.kind", "encoders", {  # kind: the modality ki
     "patch_linear": Entry("multimoe.encoders:PatchLinear", "Flex-MoE's tabular encoder: P chunks, one linear map",
                           "table"),
     "mlp": Entry("multimoe.encoders:MLPEncoder", "two-layer MLP from the whole feature vector to P tokens", "table"),
+    "periodic_mlp": Entry("multimoe.encoders:PeriodicMLPEncoder",
+                          "the mlp on per-feature periodic embeddings (PLR, Gorishniy et al. 2022)", "table"),
     "mtand": Entry("multimoe.series_encoders:MTAND", "multi-time attention from P reference times (mTAND, FuseMoE)",
                    "series"),
     "series_conv": Entry("multimoe.series_encoders:SeriesConv",

@@ -12,7 +12,8 @@ from multimoe.model import build_model, resolve
 
 
 @pytest.mark.parametrize("arch, ffn, encoder", [("fusion", "moe", "patch_linear"), ("fusion", "dense", "mlp"),
-                                                ("late_fusion", "moe", "mlp")])  # fmt: skip
+                                                ("late_fusion", "moe", "mlp"),
+                                                ("fusion", "moe", "periodic_mlp")])  # fmt: skip
 def test_flop_formulas_match_flop_counter(arch, ffn, encoder):
     from benchmarks.reference_paths import expert_ffn_path
     from multimoe import moe

@@ -62,9 +62,11 @@ def test_every_neural_preset_exports(preset, tmp_path):
     assert check_every_combination(run, path) >= 5
 
 
-def test_an_ensemble_exports_as_one_graph(tmp_path):
-    """model.members=2: the graph computes every member and the mean of their probabilities, as PyTorch does."""
-    run = train_run(tmp_path, "multimoe", "data.missing=mcar:0.5", "train.epochs=1", "model.members=2")
+@pytest.mark.parametrize("option", ["model.members=2", "model.encoder.kind=periodic_mlp"])
+def test_an_ensemble_and_periodic_embeddings_export(option, tmp_path):
+    """model.members=2: the graph computes every member and the mean of their probabilities, as PyTorch does;
+    periodic_mlp: the per-feature cosines, sines and maps."""
+    run = train_run(tmp_path, "multimoe", "data.missing=mcar:0.5", "train.epochs=1", option)
     code, _, err = cli("export", run, "--format", "onnx", "--out", str(tmp_path / "model.onnx"))
     assert code == 0, err
     assert check_every_combination(run, tmp_path / "model.onnx") >= 5
