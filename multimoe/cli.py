@@ -132,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         run_sweep(sweep, out, jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address)
     command = " ".join(["multimoe bench", args.sweep] + [a for a in sys.argv[3:] if not a.startswith("--render")])
     readme = render(sweep, out, command=command)
-    keys = {c["key"] for c in sweep.cells()}
+    keys = {c["key"] for c in sweep.planned()}  # the cells the sweep file plans (not the ones it skips)
     cells = [c for c in read_cells(out / "cells.jsonl") if c["key"] in keys]
     ok = len({c["key"] for c in cells if c.get("status") == "ok"})
     print(readme.read_text())

@@ -109,10 +109,24 @@ def test_paired_statistics_in_the_summary(rendered):
     assert acc.iloc[0]["mean"] == pytest.approx(0.91) and acc.iloc[0]["n"] == 3
 
 
+def test_skipped_cells_are_counted_apart_with_their_reason(tmp_path, rendered):
+    # the store holds all 18 cells; the sweep file now skips the 3 of "bad" on mfeat: 15 planned, all finished, and
+    # the 3 stored anyway stay in the tables
+    sweep = sweep_of(tmp_path)
+    sweep.skip = [{"methods": ["bad"], "where": {"data.name": "mfeat"}, "reason": "cut for time"}]
+    text = render(sweep, tmp_path).read_text()
+    assert (
+        "Cells finished: 15 of 15 planned (3 methods x 2 grid points x 3 seeds, less 3 skipped by the sweep file: "
+        "cut for time (3 cells); 3 of them finished anyway and are in the tables)"
+    ) in text
+    assert any(line.startswith("| bad | 0.723 ± 0.025 ▼ | 0.910 ± 0.017 ≈ |") for line in text.splitlines())
+    assert json.loads((tmp_path / "marks" / "summary.json").read_text()) == {"cells": 15, "expected": 15}
+
+
 def test_readme_text_compute_table_and_files(rendered):
     text, _, out = rendered
     assert text.startswith("# Sweep `marks`\n\nHand-made cells.\n\nMade by: `multimoe bench marks.yaml`")
-    assert "Cells finished: 18 of 18 (3 methods x 2 grid points x 3 seeds)" in text
+    assert "Cells finished: 18 of 18 planned (3 methods x 2 grid points x 3 seeds)" in text
     assert "What is held equal: nothing" in text and "Marks against `ref`" in text
     rows = table_rows(text)
     assert rows["dataset"] == ["method", "parameters", "active parameters", "MFLOPs / sample",
@@ -259,8 +273,8 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
     assert text == (
         "# Sweep `gaps`\n\nGaps.\n\nMade by: `multimoe bench gaps.yaml`\n\n"
         # 5 of 4 x 2 x 2 cells; sessions 200 s + 100 s + 300 s = 10.0 min, the last session's 4 workers
-        "Cells finished: 5 of 16 (4 methods x 2 grid points x 2 seeds); wall time of the sweep's sessions: 10.0 min "
-        "(3 session(s), 4 workers).\n\n"
+        "Cells finished: 5 of 16 planned (4 methods x 2 grid points x 2 seeds); wall time of the sweep's sessions: "
+        "10.0 min (3 session(s), 4 workers).\n\n"
         "## Test results (mean ± std over seeds)\n\n"
         "| method | x mcar:0.1 (accuracy) | x mcar:0.5 (train.lr=0.1) (accuracy) |\n"
         "| --- | --- | --- |\n"
@@ -345,8 +359,8 @@ def test_readme_head_with_a_reference_line_by_line(rendered):
         "# Sweep `marks`",
         "Hand-made cells.",
         "Made by: `multimoe bench marks.yaml`",
-        "Cells finished: 18 of 18 (3 methods x 2 grid points x 3 seeds); wall time of the sweep's sessions: 0.0 min "
-        "(0 session(s), ? workers).",  # no sessions.jsonl
+        "Cells finished: 18 of 18 planned (3 methods x 2 grid points x 3 seeds); wall time of the sweep's sessions: "
+        "0.0 min (0 session(s), ? workers).",  # no sessions.jsonl
         "What is held equal: nothing",
     ]
     assert text.endswith(

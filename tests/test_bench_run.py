@@ -39,6 +39,14 @@ def test_tiny_sweep_end_to_end_with_restart(sweep_file, tmp_path):
     assert read_sessions(out / "other")[-1]["cells_run"] == 2
 
 
+def test_the_bench_never_runs_skipped_cells(sweep_file, tmp_path):
+    sweep = load_sweep(sweep_file)
+    sweep.skip = [{"methods": ["flexmoe"], "where": {}, "reason": "not today"}]
+    results = run_sweep(sweep, tmp_path / "out", jobs=1, progress=False)
+    assert sorted((c["method"], c["seed"]) for c in read_cells(results)) == [("logreg", 0), ("logreg", 1)]
+    assert read_sessions(tmp_path / "out" / "tiny")[-1]["cells_run"] == 2
+
+
 def test_killed_bench_loses_no_finished_cell(sweep_file, tmp_path):
     """SIGKILL the whole `multimoe bench` process group once a cell has finished; the restart keeps every finished
     cell, reruns only the others, and the store stays readable line by line."""

@@ -42,6 +42,7 @@ def load_frame(sweep: Sweep, results_dir: Path) -> pd.DataFrame:
             continue
         rows.append(
             {
+                "key": c["key"],
                 "method": c["method"],
                 "point": point_label(c["point"]),
                 "complete": (c["method"], sweep.grid.index(c["point"])) in sweep.complete_cases,
@@ -383,6 +384,22 @@ def plot_combinations(tables: dict[str, pd.DataFrame], metric: dict[str, str], p
     return written
 
 
+def skipped_text(sweep: Sweep, frame: pd.DataFrame) -> str:
+    """ ", less N skipped by the sweep file: <reason> (n cells); ..." (and how many of them a store holds anyway:
+    they are in the tables), or "" when nothing is skipped."""
+    counts: dict[str, int] = {}
+    for cell in sweep.cells():
+        reason = sweep.skip_reason(cell)
+        if reason is not None:
+            counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        return ""
+    held = int((~frame.key.isin({c["key"] for c in sweep.planned()})).sum())
+    reasons = "; ".join(f"{reason} ({n} cells)" for reason, n in counts.items())
+    extra = f"; {held} of them finished anyway and are in the tables" if held else ""
+    return f", less {sum(counts.values())} skipped by the sweep file: {reasons}{extra}"
+
+
 def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
     """Write README.md (tables, plots, command), summary.csv, combinations.csv and plots/ to
     ``<results_dir>/<sweep name>/``."""
@@ -406,7 +423,8 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         pngs += plot_combinations(combination_tables(combos, sweep), metric, plots)
     sessions = read_sessions(out_dir)
     total = sum(s["seconds"] for s in sessions)
-    expected = len(sweep.cells())
+    planned = {c["key"] for c in sweep.planned()}
+    finished = int(frame.key.isin(planned).sum())
     per_size = markdown_per_size(frame, sweep)
     worst = worst_groups(frame)
     lines = [
@@ -416,9 +434,9 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         "",
         f"Made by: `{command}`" if command else "",
         "",
-        f"Cells finished: {len(frame)} of {expected} ({len(sweep.methods)} methods x {len(sweep.grid)} grid points "
-        f"x {len(sweep.seeds)} seeds); wall time of the sweep's sessions: {total / 60:.1f} min "
-        f"({len(sessions)} session(s), {sessions[-1]['jobs'] if sessions else '?'} workers).",
+        f"Cells finished: {finished} of {len(planned)} planned ({len(sweep.methods)} methods x {len(sweep.grid)} "
+        f"grid points x {len(sweep.seeds)} seeds{skipped_text(sweep, frame)}); wall time of the sweep's sessions: "
+        f"{total / 60:.1f} min ({len(sessions)} session(s), {sessions[-1]['jobs'] if sessions else '?'} workers).",
         "",
         f"What is held equal: {sweep.budget}" if sweep.budget else "",
         "",
@@ -473,5 +491,5 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
     ]
     readme = out_dir / "README.md"
     readme.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))  # an absent optional line leaves one blank
-    (out_dir / "summary.json").write_text(json.dumps({"cells": len(frame), "expected": expected}))
+    (out_dir / "summary.json").write_text(json.dumps({"cells": finished, "expected": len(planned)}))
     return readme

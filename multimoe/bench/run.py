@@ -94,10 +94,11 @@ def _run_locked(sweep: Sweep, results_dir: Path, jobs: int, threads: int, progre
     out_dir.mkdir(parents=True, exist_ok=True)
     results = results_dir / "cells.jsonl"
     done = {c["key"] for c in read_cells(results, repair=True) if c.get("status") == "ok"}
-    todo = [c for c in sweep.cells() if c["key"] not in done]
+    planned = sweep.planned()  # the sweep file's skip entries are never run
+    todo = [c for c in planned if c["key"] not in done]
     jobs = jobs or os.cpu_count() or 1
     started = time.time()
-    total = len(sweep.cells())
+    total = len(planned)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"bench {sweep.name}", unit="cell", disable=not progress)
     runs_dir = str(results_dir / "runs")
     done_now = 0

@@ -19,6 +19,11 @@ dropped and repaired. Tables and plots of a sweep go to ``<results>/<sweep name>
     grid:
       - {data.name: mfeat, data.missing: "mcar:0.3"}
     per_combination: true   # also test every combination of observed modalities once (Flex-MoE's table)
+    skip:                   # cells the sweep does not run, and why (the tables count them apart)
+      - {method: flexmoe-token, where: {data.name: mfeat}, reason: "cut for the CPU budget"}
+
+A ``skip`` entry names one method or a list of them, optionally the grid values (``where``) a point must have, and
+a reason; the bench never runs the cells it matches, and the tables say how many were skipped and why.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from multimoe.config import ADDED_KEYS, Config, ConfigError, load_yaml, to_dict
 from multimoe.registry import load_config
 from multimoe.runs.folder import without_neutral
 
-SWEEP_KEYS = ("name", "description", "seeds", "reference", "budget", "common", "methods", "grid", "per_combination")
+SWEEP_KEYS = (
+    "name", "description", "seeds", "reference", "budget", "common", "methods", "grid", "per_combination", "skip"
+)  # fmt: skip
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Sweep:
     description: str = ""
     per_combination: bool = False
     source: Path | None = None  # the sweep file
+    skip: list[dict] = field(default_factory=list)  # {"methods": [...], "where": {dotted key: value}, "reason": ...}
 
     digests: dict = field(default_factory=dict)  # (method, point index) -> digest of the resolved config
     complete_cases: set = field(default_factory=set)  # (method, point index) whose config has data.complete_cases
@@ -60,6 +68,14 @@ class Sweep:
             for m in self.methods
             for seed in self.seeds
         ]
+
+    def skip_reason(self, cell: dict) -> str | None:
+        """Why the sweep file skips ``cell`` (its first matching ``skip`` entry), or None when it is planned."""
+        return next((entry["reason"] for entry in self.skip if _matches(entry, cell)), None)
+
+    def planned(self) -> list[dict]:
+        """The cells the bench runs: every cell but the skipped ones."""
+        return [c for c in self.cells() if self.skip_reason(c) is None]
 
     def cell_overrides(self, cell: dict) -> tuple[str, dict]:
         """The cell's preset path and its overrides: common < method < grid point < seed."""
@@ -127,6 +143,10 @@ def load_sweep(path: str | Path) -> Sweep:
         per_combination=bool(raw.get("per_combination", False)),
         source=path,
     )
+    sweep.skip = [_skip_entry(path, i, entry, methods) for i, entry in enumerate(raw.get("skip") or [])]
+    for i, entry in enumerate(sweep.skip):
+        if not any(_matches(entry, c) for c in sweep.cells()):
+            raise ConfigError(f"sweep {path}: skip entry {i + 1} ({entry['where']}) matches no cell of the grid")
     if sweep.reference is not None and sweep.reference not in methods:
         raise ConfigError(f"sweep {path}: reference '{sweep.reference}' is not one of the methods {list(methods)}")
     for i, point in enumerate(sweep.grid):  # every (method, point) must make a valid config
@@ -140,6 +160,26 @@ def load_sweep(path: str | Path) -> Sweep:
             if cfg.data.complete_cases:
                 sweep.complete_cases.add((method, i))
     return sweep
+
+
+def _skip_entry(path: Path, i: int, entry, methods: dict) -> dict:
+    where = f"sweep {path}: skip entry {i + 1}"
+    if not isinstance(entry, dict) or set(entry) - {"method", "where", "reason"} or "method" not in entry:
+        raise ConfigError(f"{where} needs 'method' (a name or a list), optional 'where' (grid values) and 'reason'")
+    names = [entry["method"]] if isinstance(entry["method"], str) else list(entry["method"])
+    unknown = [n for n in names if n not in methods]
+    if unknown:
+        raise ConfigError(f"{where} names the method '{unknown[0]}', which is not one of {list(methods)}")
+    if not str(entry.get("reason") or "").strip():
+        raise ConfigError(f"{where} needs a 'reason': the tables say why its cells were not run")
+    if not isinstance(entry.get("where") or {}, dict):
+        raise ConfigError(f"{where}: 'where' must map grid keys to values, e.g. {{data.name: mfeat}}")
+    return {"methods": names, "where": dict(entry.get("where") or {}), "reason": str(entry["reason"]).strip()}
+
+
+def _matches(entry: dict, cell: dict) -> bool:
+    point = cell["point"]
+    return cell["method"] in entry["methods"] and all(k in point and point[k] == v for k, v in entry["where"].items())
 
 
 def yaml_scalar(value) -> str:
