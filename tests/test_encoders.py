@@ -64,3 +64,12 @@ def test_cell_mask_changes_the_encoding():
 def test_unknown_encoder_lists_choices():
     with pytest.raises(ConfigError, match="patch_linear"):
         ENCODERS.build("resnet", 4, 2, 8, EncoderConfig(kind="resnet"))
+
+
+def test_the_periodic_section_changes_a_digest_only_when_set():
+    from multimoe.bench.sweep import config_digest
+    from multimoe.registry import load_config
+
+    base = config_digest(load_config("configs/multimoe.yaml"))
+    assert config_digest(load_config("configs/multimoe.yaml", ["model.encoder.periodic.width=16"])) == base
+    assert config_digest(load_config("configs/multimoe.yaml", ["model.encoder.periodic.width=8"])) != base

@@ -230,7 +230,8 @@ def test_the_new_keys_leave_stored_digests_alone_at_their_defaults_and_change_th
     assert config_digest(load_config("configs/flexmoe.yaml", ["train.workers=3"])) == config_digest(base)
     old = {"encoder": {"kind": "mlp", "hidden": 8, "cell_mask": True}}  # a model section written before the keys
     assert with_added_defaults(old, "model")["encoder"] == {**old["encoder"], "series": "mtand", "image": "cnn",
-                                                            "text": "hashed_bag"}  # fmt: skip
+                                                            "text": "hashed_bag", "periodic": {"frequencies": 16,
+                                                            "scale": 0.1, "width": 16}}  # fmt: skip
 
 
 # ---- what a run keeps: predict, baselines, export -------------------------------------------------------------
