@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from multimoe.config import ModelConfig
 from multimoe.data.dataset import DataSchema
 from multimoe.data.kinds import ENCODER_KIND, KindShape, empty_inputs
-from multimoe.encoders import input_width
+from multimoe.encoders import input_width, mlp_input_width
 from multimoe.missing import BankFill
 from multimoe.moe import MoE
 
@@ -37,11 +37,9 @@ def _encoder_flops(cfg: ModelConfig, features: int) -> int:
     P, D = cfg.tokens, cfg.dim
     if cfg.encoder.kind == "patch_linear":
         return 2 * P * math.ceil(width / P) * D
-    embedding = 0
-    if cfg.encoder.kind == "periodic_mlp":  # each feature's map 2k -> d; the MLP then reads d values per feature
-        p = cfg.encoder.periodic
-        embedding = 2 * features * 2 * p.frequencies * p.width
-        width += features * (p.width - 1)
+    p = cfg.encoder.periodic  # periodic_mlp: each feature's map 2k -> d before the MLP
+    embedding = 2 * features * 2 * p.frequencies * p.width if cfg.encoder.kind == "periodic_mlp" else 0
+    width = mlp_input_width(features, cfg.encoder)
     return embedding + 2 * width * cfg.encoder.hidden + 2 * cfg.encoder.hidden * P * D
 
 

@@ -22,6 +22,13 @@ def input_width(features: int, cfg: EncoderConfig) -> int:
     return features * (2 if cfg.cell_mask else 1)
 
 
+def mlp_input_width(features: int, cfg: EncoderConfig) -> int:
+    """What the MLP of an ``mlp`` or ``periodic_mlp`` encoder reads: each feature's value (or its periodic
+    embedding of ``periodic.width`` values), then the cell mask when asked."""
+    per_feature = cfg.periodic.width if cfg.kind == "periodic_mlp" else 1
+    return features * per_feature + (features if cfg.cell_mask else 0)
+
+
 def _with_mask(x_BF: Tensor, missing_BF: Tensor, cell_mask: bool) -> Tensor:
     return torch.cat([x_BF, missing_BF.to(x_BF.dtype)], dim=1) if cell_mask else x_BF
 
@@ -88,9 +95,8 @@ class PeriodicMLPEncoder(MLPEncoder):
     from them."""
 
     def __init__(self, features: int, tokens: int, dim: int, cfg: EncoderConfig) -> None:
-        p = cfg.periodic  # the MLP reads d values per feature, then the cell mask when asked
-        width = features * p.width + (features if cfg.cell_mask else 0)
-        super().__init__(width, tokens, dim, dataclasses.replace(cfg, cell_mask=False))
+        p = cfg.periodic
+        super().__init__(mlp_input_width(features, cfg), tokens, dim, dataclasses.replace(cfg, cell_mask=False))
         self.cell_mask = cfg.cell_mask
         self.embed = PeriodicEmbedding(features, p.frequencies, p.scale, p.width)
 

@@ -384,7 +384,7 @@ def plot_combinations(tables: dict[str, pd.DataFrame], metric: dict[str, str], p
     return written
 
 
-def skipped_text(sweep: Sweep, frame: pd.DataFrame) -> str:
+def skipped_text(sweep: Sweep, frame: pd.DataFrame, planned: set[str]) -> str:
     """ ", less N skipped by the sweep file: <reason> (n cells); ..." (and how many of them a store holds anyway:
     they are in the tables), or "" when nothing is skipped."""
     counts: dict[str, int] = {}
@@ -394,7 +394,7 @@ def skipped_text(sweep: Sweep, frame: pd.DataFrame) -> str:
             counts[reason] = counts.get(reason, 0) + 1
     if not counts:
         return ""
-    held = int((~frame.key.isin({c["key"] for c in sweep.planned()})).sum())
+    held = int((~frame.key.isin(planned)).sum())
     reasons = "; ".join(f"{reason} ({n} cells)" for reason, n in counts.items())
     extra = f"; {held} of them finished anyway and are in the tables" if held else ""
     return f", less {sum(counts.values())} skipped by the sweep file: {reasons}{extra}"
@@ -435,8 +435,9 @@ def render(sweep: Sweep, results_dir: str | Path, command: str = "") -> Path:
         f"Made by: `{command}`" if command else "",
         "",
         f"Cells finished: {finished} of {len(planned)} planned ({len(sweep.methods)} methods x {len(sweep.grid)} "
-        f"grid points x {len(sweep.seeds)} seeds{skipped_text(sweep, frame)}); wall time of the sweep's sessions: "
-        f"{total / 60:.1f} min ({len(sessions)} session(s), {sessions[-1]['jobs'] if sessions else '?'} workers).",
+        f"grid points x {len(sweep.seeds)} seeds{skipped_text(sweep, frame, planned)}); wall time of the sweep's "
+        f"sessions: {total / 60:.1f} min ({len(sessions)} session(s), "
+        f"{sessions[-1]['jobs'] if sessions else '?'} workers).",
         "",
         f"What is held equal: {sweep.budget}" if sweep.budget else "",
         "",
