@@ -11,7 +11,10 @@ and each model's median epoch time gives its samples per second. ``--compile`` a
 on mfeat under mcar:0.3, batch 8, one thread by default) comes to the machine: whole epochs as ``multimoe.train``
 runs them (training steps, then validation), its training FLOP rate (cost.py's forward FLOPs per sample, x3 for a
 training sample, x1 for a validation one, / the epoch's seconds) against a large float32 ``torch.mm`` timed in the
-same run on the same threads between the epochs, and the process's peak resident memory.
+same run on the same threads between the epochs, and the process's peak resident memory over them. One more epoch runs
+under torch.profiler: the seconds inside matrix products, the fraction of ``torch.mm`` the recipe would reach if
+nothing but those products took time (how far removing every other cost could take it), and the operators that take
+the most time.
 
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --compile --epochs 5 data.name=landsat
@@ -108,6 +111,15 @@ def published(args, overrides: list[str]) -> None:
         print(f"  epoch {epoch}: {seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s; mm {rate / 1e9:.1f} GFLOP/s")
     ratios = sorted(flops / s / r for s, r in zip(epochs, mms))
     seconds, mm = statistics.median(epochs), statistics.median(mms)
+    peak_mb = peak_rss_mb()  # before the profiled epoch, whose event records the profiler holds in memory
+    order = epoch_order(args.epochs + 2, num_present_N, t, cfg.seed)
+    profiled, products, top = profiled_epoch(model, optimizer, splits, order, t)
+    print(
+        f"  one more epoch under torch.profiler ({profiled:.2f} s): {products:.2f} s inside matrix products; "
+        f"with nothing else the recipe would run at {flops / products / mm:.3f} of torch.mm. Operators by own time:"
+    )
+    for name, own, calls in top:
+        print(f"    {name:44s} {own:7.3f} s {own / profiled:6.1%} {calls:8d} calls")
     result = {
         "recipe": "published",
         "dataset": cfg.data.name,
@@ -119,7 +131,9 @@ def published(args, overrides: list[str]) -> None:
         "mm_gflops_per_second": round(mm / 1e9, 2),
         "fraction_of_mm": round(flops / seconds / mm, 3),
         "fraction_of_mm_per_epoch": {"min": round(ratios[0], 3), "max": round(ratios[-1], 3)},
-        "peak_rss_mb": round(peak_rss_mb()),
+        "matrix_product_seconds": round(products, 3),
+        "fraction_of_mm_if_only_products": round(flops / products / mm, 3),
+        "peak_rss_mb": round(peak_mb),
     }
     print(
         f"{result['samples_per_second']} samples/s, {result['train_gflops_per_second']} GFLOP/s = "
@@ -127,6 +141,28 @@ def published(args, overrides: list[str]) -> None:
         f"{ratios[0]:.3f} to {ratios[-1]:.3f}); peak resident memory {result['peak_rss_mb']} MB"
     )
     print(json.dumps(result))
+
+
+# the operators that carry the FLOPs: matrix products, and the fused attention of evaluation (scores and values)
+MATRIX_PRODUCTS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm",
+                   "aten::_scaled_dot_product_flash_attention_for_cpu"}  # fmt: skip
+
+
+def profiled_epoch(model, optimizer, splits, order, t, top: int = 12) -> tuple[float, float, list]:
+    """One epoch (training steps and validation) under torch.profiler: its seconds, the seconds spent inside
+    matrix-product operators (the FLOPs' own work), and the ``top`` operators by their own time as (name, seconds,
+    calls). The profiler adds a few microseconds to every operator, so this epoch runs slower than the timed ones."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        run_epoch(model, optimizer, splits.train, order, t, "cpu", lambda *a: None, lambda: None)
+        validate(model, splits.val, t, "cpu")
+        seconds = time.perf_counter() - start
+    events = prof.key_averages()
+    products = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_PRODUCTS) / 1e6
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return seconds, products, [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in ranked]
 
 
 class Trainer:

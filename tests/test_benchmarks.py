@@ -83,6 +83,10 @@ def test_published_recipe_benchmark_ends_with_the_fraction_of_mm():
     )
     spread = result["fraction_of_mm_per_epoch"]
     assert 0 < spread["min"] <= result["fraction_of_mm"] <= spread["max"]
+    # the same epoch's FLOPs over the seconds inside matrix products alone (the profiled epoch)
+    epoch_gflop = result["train_gflops_per_second"] * result["epoch_seconds"]
+    only_products = epoch_gflop / result["matrix_product_seconds"] / result["mm_gflops_per_second"]
+    assert result["fraction_of_mm_if_only_products"] == pytest.approx(only_products, rel=0.05)
 
 
 @pytest.mark.parametrize(
