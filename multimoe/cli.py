@@ -129,7 +129,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     sweep = load_sweep(args.sweep)
     out = Path(args.out)
     if not args.render_only:
-        run_sweep(sweep, out, jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address)
+        try:
+            run_sweep(sweep, out, jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the finished cells are in {out / 'cells.jsonl'}; the same command resumes",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(130) from None
     command = " ".join(["multimoe bench", args.sweep] + [a for a in sys.argv[3:] if not a.startswith("--render")])
     readme = render(sweep, out, command=command)
     keys = {c["key"] for c in sweep.planned()}  # the cells the sweep file plans (not the ones it skips)

@@ -108,6 +108,38 @@ def test_workers_die_with_a_killed_bench(sweep_file, tmp_path):
     assert not alive, "workers outlived the bench"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_ctrl_c_stops_the_bench_at_once(sweep_file, tmp_path):
+    """Ctrl-C (SIGINT to the bench's process group) ends the bench within seconds, with exit status 130 and no
+    worker left, instead of waiting for the running cell and then starting the queued ones."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    sweep_file.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochs: 100000"))  # busy workers
+    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(tmp_path / "out"), "--jobs", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and not workers:
+        time.sleep(0.1)
+        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        workers = [k for k in kids if b"spawn_main" in _cmdline(k)]
+    assert workers, "the bench should have started a worker"
+    time.sleep(3)  # inside its endless cell
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the bench was still running 30 s after Ctrl-C")
+    assert proc.returncode == 130 and b"the same command resumes" in err
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -134,19 +134,29 @@ Pool = tuple[Callable[..., object], Callable[[list], list[tuple[object, dict]]]]
 
 @contextmanager
 def _local_pool(workers: int) -> Iterator[Pool]:
-    """A fresh spawned process per cell, dying with the bench."""
+    """A fresh spawned process per cell, dying with the bench. Interrupted (Ctrl-C) or failing, the bench stops at
+    once: the queued cells are cancelled and the running ones killed (the pool's own exit would wait for every
+    running cell, and a Ctrl-C that reached only the workers would let the next queued cells start)."""
     ctx = multiprocessing.get_context("spawn")
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per cell
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent, **fresh) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent, **fresh)
 
-        def submit(preset, over, runs_dir, threads, per_combination, gpus):
-            return pool.submit(run_cell, preset, over, runs_dir, threads, per_combination)
+    def submit(preset, over, runs_dir, threads, per_combination, gpus):
+        return pool.submit(run_cell, preset, over, runs_dir, threads, per_combination)
 
-        def finished(handles):
-            done, _ = wait(handles, return_when=FIRST_COMPLETED)
-            return [(fut, fut.result()) for fut in done]
+    def finished(handles):
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return [(fut, fut.result()) for fut in done]
 
+    try:
         yield submit, finished
+    except BaseException:
+        workers_now = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers_now:
+            process.kill()
+        raise
+    pool.shutdown(wait=True)
 
 
 def _ray():
