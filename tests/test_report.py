@@ -193,3 +193,18 @@ def test_late_fusion_run_reports_without_routing(tmp_path):
     run = train(tiny_config(tmp_path, "model.arch=late_fusion", "train.epochs=1"))
     page = write_report(run.run_dir)
     assert page.is_file() and "accuracy" in page.read_text().lower()
+
+
+def test_an_ensembles_report_names_each_members_layers(tmp_path):
+    """model.members=2 with 2 fusion layers: 4 MoE layers in member order; every routing frame says whose layer it
+    is (member = layer // 2) and the page titles name member and layer."""
+    run_dir = train(tiny_config(tmp_path, "train.epochs=1", "model.members=2", "model.layers=2")).run_dir
+    frames = routing_report_frames(run_dir)
+    for name in ("routing_combination", "routing_modality", "load_balance", "activation_combination"):
+        frame = frames[name]
+        assert sorted(frame["layer"].unique()) == [0, 1, 2, 3], name
+        assert (frame["member"] == frame["layer"] // 2).all(), name
+    summary = frames["summary"].set_index("item")["value"]
+    assert summary["MoE layers"] == "4 (2 members)"
+    doc, _ = render_html(frames)
+    assert "(member 1, MoE layer 0)" in doc and "(member 0, MoE layer 1)" in doc

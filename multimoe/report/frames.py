@@ -115,6 +115,12 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
     frames["epochs"] = pd.DataFrame(run.folder.read_log("metrics"))
     if frames["drift"].empty:
         notes.append("the run logged no per-epoch routing (routing.jsonl): no routing drift")
+    members = run.cfg.model.members
+    if members > 1 and tally.layers:  # an ensemble lists its members' MoE layers one member after the other
+        per_member = len(tally.layers) // members
+        for frame in frames.values():
+            if "layer" in frame.columns:
+                frame.insert(int(frame.columns.get_loc("layer")), "member", frame["layer"] // per_member)
 
     best_epoch = read_meta(run.folder.best).get("epoch")  # the epoch of the evaluated weights
     o = result["overall"]
@@ -135,7 +141,7 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
         "test macro F1": o["f1"],
         "test AUC": o["auc"],
         "architecture": run.cfg.model.arch,
-        "MoE layers": len(tally.layers),
+        "MoE layers": len(tally.layers) if members == 1 else f"{len(tally.layers)} ({members} members)",
         "experts": tally.layers[0][0].slots_GE.shape[1] if tally.layers else 0,
         "top-k": tally.top_k[0] if tally.top_k else None,
         "router": ROUTING.get(run.cfg.model.arch)

@@ -117,8 +117,12 @@ def _routing_sections(page: _Page, frames: dict[str, pd.DataFrame], modalities: 
         return
     layers = sorted(rc_all["layer"].unique())
     for layer in layers:
-        sfx, title_sfx = (f"_layer{layer}", f" (MoE layer {layer})") if len(layers) > 1 else ("", "")
         rc = rc_all[rc_all["layer"] == layer]
+        sfx, title_sfx = (f"_layer{layer}", f" (MoE layer {layer})") if len(layers) > 1 else ("", "")
+        if "member" in rc:  # an ensemble: its members' layers in member order
+            member = int(rc["member"].iloc[0])
+            within = layer - min(rc_all.loc[rc_all["member"] == member, "layer"])
+            title_sfx = f" (member {member}, MoE layer {within})"
         rm = rm_all[rm_all["layer"] == layer]
         bal = bal_all[bal_all["layer"] == layer].iloc[0]
         ac = frames["activation_combination"]
