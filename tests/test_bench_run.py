@@ -84,18 +84,7 @@ def test_workers_die_with_a_killed_bench(sweep_file, tmp_path):
     import subprocess
     import time
 
-    sweep_file.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochs: 100000"))  # busy workers
-    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(tmp_path / "out"), "--jobs", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    deadline = time.time() + 120
-    workers: list[int] = []
-    while time.time() < deadline and not workers:
-        time.sleep(0.1)
-        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
-        workers = [k for k in kids if b"spawn_main" in _cmdline(k)]  # not the resource tracker
-    assert workers, "the bench should have started a worker"
-    time.sleep(3)  # the worker is now inside its (endless) cell, not waiting for one
+    proc, workers = _busy_bench(sweep_file, tmp_path, subprocess.DEVNULL)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30
@@ -115,20 +104,8 @@ def test_ctrl_c_stops_the_bench_at_once(sweep_file, tmp_path):
     import os
     import signal
     import subprocess
-    import time
 
-    sweep_file.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochs: 100000"))  # busy workers
-    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(tmp_path / "out"), "--jobs", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    deadline = time.time() + 120
-    workers: list[int] = []
-    while time.time() < deadline and not workers:
-        time.sleep(0.1)
-        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
-        workers = [k for k in kids if b"spawn_main" in _cmdline(k)]
-    assert workers, "the bench should have started a worker"
-    time.sleep(3)  # inside its endless cell
+    proc, workers = _busy_bench(sweep_file, tmp_path, subprocess.PIPE)
     os.killpg(proc.pid, signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=30)
@@ -138,6 +115,26 @@ def test_ctrl_c_stops_the_bench_at_once(sweep_file, tmp_path):
         pytest.fail("the bench was still running 30 s after Ctrl-C")
     assert proc.returncode == 130 and b"the same command resumes" in err
     assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+
+
+def _busy_bench(sweep_file, tmp_path, stderr):
+    """A `multimoe bench` (its own process group) whose one worker is inside an endless cell: (process, workers)."""
+    import subprocess
+    import time
+
+    sweep_file.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochs: 100000"))
+    cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(tmp_path / "out"), "--jobs", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and not workers:
+        time.sleep(0.1)
+        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        workers = [k for k in kids if b"spawn_main" in _cmdline(k)]  # not the resource tracker
+    assert workers, "the bench should have started a worker"
+    time.sleep(3)  # the worker is now inside its (endless) cell, not waiting for one
+    return proc, workers
 
 
 def _state(pid: int) -> str:
