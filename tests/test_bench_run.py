@@ -118,13 +118,17 @@ def test_ctrl_c_stops_the_bench_at_once(sweep_file, tmp_path):
 
 
 def _busy_bench(sweep_file, tmp_path, stderr):
-    """A `multimoe bench` (its own process group) whose one worker is inside an endless cell: (process, workers)."""
+    """A `multimoe bench` (its own process group) whose one worker is inside an endless cell: (process, workers).
+    SIGINT starts at its default action, as under a terminal: a test run launched in the background of a
+    non-interactive shell inherits it ignored, and Python then installs no KeyboardInterrupt handler."""
+    import signal
     import subprocess
     import time
 
     sweep_file.write_text(sweep_file.read_text().replace("train.epochs: 2", "train.epochs: 100000"))
     cmd = [sys.executable, "-m", "multimoe", "bench", str(sweep_file), "--out", str(tmp_path / "out"), "--jobs", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.time() + 120
     workers: list[int] = []
