@@ -160,6 +160,9 @@ class ModelConfig:
     # cross-entropy; the model predicts their mean class probabilities (a deep ensemble in one model: multimoe/model.py
     # Ensemble). 1: the architecture alone
     members: int = 1
+    # none | hgb: blend the trained network's class probabilities with histogram gradient boosting's, fit on the
+    # training split, with the network's weight chosen on validation log loss (multimoe/blend.py)
+    blend: Literal["none", "hgb"] = "none"
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
     hgb_max_iter: int = 100  # hgb: boosting rounds
     # what logreg and hgb read of a series modality: none (refused: they take no raw signals) | summary (per-channel
@@ -420,6 +423,7 @@ ADDED_KEYS = (
     "model.retriever",
     "model.pool_rows",
     "model.members",
+    "model.blend",
     "model.encoder.periodic",
 )
 

@@ -29,12 +29,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
+from multimoe.blend import build_trained
 from multimoe.config import Config, ConfigError, all_keys, config_from_dict, to_dict
 from multimoe.data.dataset import DataSchema
 from multimoe.data.prepare import prepare
 from multimoe.data.table import Table
 from multimoe.errors import CheckpointError
-from multimoe.model import build_model
 from multimoe.predict import Predictor
 from multimoe.registry import ARCHS, is_baseline, load_config, presets, presets_dir
 from multimoe.runs.checkpoint import load_checkpoint, read_meta, save_checkpoint
@@ -228,7 +228,7 @@ class MultiMoEClassifier(ClassifierMixin, BaseEstimator):
             model.load_state_dict(load_checkpoint(path)[0])
             model.schema = schema
         else:
-            model = build_model(cfg.model, schema)
+            model = build_trained(cfg.model, schema)
             load_checkpoint(path, model, expect_model_config=meta["config"]["model"])
             model.eval()
         est = cls(**saved["params"])

@@ -141,6 +141,11 @@ def check(cfg: Config) -> Config:
             f"model.members={cfg.model.members} makes an ensemble of a neural model; model.arch={cfg.model.arch} is "
             "a scikit-learn baseline (set model.members=1)"
         )
+    if cfg.model.blend != "none" and is_baseline(cfg.model.arch):
+        raise ConfigError(
+            f"model.blend={cfg.model.blend} blends a neural model with gradient boosting; model.arch={cfg.model.arch} "
+            "is a scikit-learn baseline (set model.blend=none)"
+        )
     return cfg
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from multimoe import distributed, registry
 from multimoe.batch import drop_modalities
+from multimoe.blend import Trees, fit_blend
 from multimoe.config import Config, ConfigError, TrainConfig
 from multimoe.cost import model_costs
 from multimoe.data.dataset import MultimodalData, Splits
@@ -39,7 +40,7 @@ from multimoe.model import build_model, compile_model, resolve
 from multimoe.pools import fill_pools, resolve_pool_rows
 from multimoe.process import release_freed_memory
 from multimoe.runs import resume
-from multimoe.runs.checkpoint import load_checkpoint, save_checkpoint
+from multimoe.runs.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from multimoe.runs.folder import RunFolder
 from multimoe.runs.resume import Progress
 from multimoe.selection import record_epoch, validation_value
@@ -80,9 +81,13 @@ def _train(cfg: Config, table: Table | None, splits: Splits | None, ctx: Context
                          world_size=ctx.world)  # fmt: skip
     if ctx.active and registry.is_baseline(cfg.model.arch):
         raise ConfigError(f"model.arch={cfg.model.arch} (scikit-learn) runs in one process: launch it without torchrun")
+    if ctx.active and cfg.model.blend != "none":
+        raise ConfigError(f"model.blend={cfg.model.blend} fits its trees in one process: launch it without torchrun")
     device = ctx.device
     in_memory = table is not None  # eval and report must then be handed the same table (runs/reopen.py)
     cfg, table, splits, notes = _prepare(cfg, table, splits, ctx)
+    if cfg.model.blend != "none":
+        Trees(splits.schema)  # the trees' modality kinds, checked before the network trains
     splits.set_workers(t.workers)  # batches of series, image, text and embedding modalities: in loader workers
     folder = RunFolder(
         ctx.on_main(lambda: (RunFolder.open(t.resume) if t.resume else RunFolder.create(cfg, table.name)).path)
@@ -126,7 +131,21 @@ def _train(cfg: Config, table: Table | None, splits: Splits | None, ctx: Context
         if ctx.main:
             save_checkpoint(folder.best, whole, {**meta, "epoch": progress.epoch, "value": None})
     ctx.restore(lambda m, o: load_checkpoint(folder.best, m, expect_model_config=meta["config"]["model"]), model)
+    if cfg.model.blend != "none":
+        model = _blend(model, cfg, splits, folder, notes, device, ctx)
     return run.finish(model, progress, costs)
+
+
+def _blend(network, cfg: Config, splits: Splits, folder: RunFolder, notes: list[str], device, ctx: Context):
+    """The selected network blended with gradient boosting (``model.blend``, multimoe/blend.py), saved as the run's
+    best model; the chosen weight goes into the notes and the checkpoint's metadata."""
+    model, chosen = fit_blend(network, cfg.model, cfg.seed, splits.train, splits.val, cfg.train.eval_batch_size,
+                              device)  # fmt: skip
+    w = chosen["weight"]
+    notes.append(f"blend: {w:.1f} x the network + {1 - w:.1f} x gradient boosting (lowest validation log loss)")
+    best_meta = read_meta(folder.best)
+    save_checkpoint(folder.best, model, {**best_meta, "blend": chosen})
+    return model
 
 
 def fit(model, optimizer, splits: Splits, cfg: Config, folder: RunFolder, progress: Progress, meta: dict,

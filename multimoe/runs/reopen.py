@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from multimoe.baselines import SklearnBaseline
+from multimoe.blend import build_trained
 from multimoe.config import Config, ConfigError, parse_missing, parse_overrides, to_dict
 from multimoe.data.dataset import DataSchema, Splits
 from multimoe.data.prepare import prepare
@@ -17,7 +18,7 @@ from multimoe.device import check_device, set_threads
 from multimoe.errors import CheckpointError
 from multimoe.evaluate import evaluate
 from multimoe.files import atomic_write_text
-from multimoe.model import build_model, compile_model
+from multimoe.model import compile_model
 from multimoe.registry import ARCHS, is_baseline
 from multimoe.runs.checkpoint import load_checkpoint, read_meta
 from multimoe.runs.folder import RESULT_NEUTRAL, RunFolder
@@ -43,7 +44,7 @@ def load_model(folder: RunFolder) -> tuple[Config, torch.nn.Module | SklearnBase
         model.load_state_dict(state)
         model.schema = schema
         return cfg, model
-    model = build_model(cfg.model, schema)
+    model = build_trained(cfg.model, schema)
     load_checkpoint(folder.best, model, expect_model_config=to_dict(cfg.model))
     return cfg, model
 
