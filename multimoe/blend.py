@@ -51,7 +51,7 @@ class Trees(nn.Module):
             raise ConfigError(f"model.blend=hgb: the trees read table and embedding modalities only, not {other}")
         for name in (*_ARRAYS, "classes"):
             self.register_buffer(name, torch.zeros(0))
-        self.register_load_state_dict_post_hook(lambda module, keys: module._set_depth())
+        self.register_load_state_dict_post_hook(_depth_after_loading)
 
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> Trees:
         """Take a fitted ``HGB``'s arrays (``state_dict``)."""
@@ -97,7 +97,8 @@ class Trees(nn.Module):
         node_BT = self.tree_start.expand(X_BF.shape[0], trees)
         for _ in range(self.depth):
             x_BT = X_BF.gather(1, self.feature[node_BT])
-            go_left = torch.where(torch.isnan(x_BT), self.missing_left[node_BT], x_BT <= self.threshold[node_BT])
+            nan_BT = torch.isnan(x_BT)  # (not a where on booleans: onnxruntime has no kernel for it)
+            go_left = (nan_BT & self.missing_left[node_BT]) | (~nan_BT & (x_BT <= self.threshold[node_BT]))
             child = self.tree_start + torch.where(go_left, self.left[node_BT], self.right[node_BT])
             node_BT = torch.where(self.is_leaf[node_BT], node_BT, child)
         group_TK = nn.functional.one_hot(torch.arange(trees, device=X_BF.device) % per_iteration, per_iteration)
@@ -108,6 +109,10 @@ class Trees(nn.Module):
         else:
             probs_BK = raw_BK.softmax(dim=1)
         return probs_BK @ nn.functional.one_hot(self.classes, self.num_classes).double()  # classes seen in training
+
+
+def _depth_after_loading(module: Trees, keys) -> None:
+    module._set_depth()
 
 
 class Blend(nn.Module):

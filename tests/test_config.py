@@ -78,6 +78,8 @@ PRESETS = {
     },
 }  # fmt: skip
 PRESETS["i2moe-all"] = {**PRESETS["i2moe"], "method": "i2moe-all", "data.complete_cases": False}  # ours
+PRESETS["multimoe-blend"] = {**PRESETS["multimoe"], "method": "multimoe-blend", "model.members": 5,
+                             "model.blend": "hgb"}  # fmt: skip
 
 
 def test_every_preset_is_pinned():

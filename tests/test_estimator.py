@@ -94,10 +94,10 @@ def test_grid_search_and_pipeline():
     assert pipe.get_params()["multimoeclassifier__model__logreg_c"] == 0.2
 
 
-@pytest.mark.parametrize("preset", ["multimoe", "hgb"])
+@pytest.mark.parametrize("preset", ["multimoe", "hgb", "multimoe-blend"])
 def test_save_and_load_without_pickle_and_pickle_too(preset, tmp_path):
     X, y = frame()
-    est = MultiMoEClassifier(MODALITIES, ["color"], preset, **(TINY if preset == "multimoe" else {})).fit(X, y)
+    est = MultiMoEClassifier(MODALITIES, ["color"], preset, **(TINY if preset != "hgb" else {})).fit(X, y)
     path = est.save(tmp_path / "model.safetensors")
     loaded = MultiMoEClassifier.load(path)
     np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))

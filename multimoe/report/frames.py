@@ -37,13 +37,18 @@ ROUTING = {  # the report's reading of architectures whose routing is not a rout
 }
 
 
+def network(run: OpenRun) -> torch.nn.Module:
+    """The run's network (of a blend with gradient boosting, model.blend: its network)."""
+    return getattr(run.model, "network", run.model)
+
+
 def initial_bank(run: OpenRun) -> np.ndarray | None:
     """The run's bank at initialisation, rebuilt from its seed as ``train`` builds the model; None when the rows
     training never reads differ from it (then it is not the run's initialisation)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.cfg.seed)
         init = build_model(run.cfg.model, run.splits.schema).fill.bank_SMPD.detach().numpy()
-    trained = run.model.fill.bank_SMPD.detach().cpu().numpy()
+    trained = network(run).fill.bank_SMPD.detach().cpu().numpy()
     return init if never_read_unchanged(trained, init, run.splits.schema.num_modalities) else None
 
 
@@ -52,11 +57,11 @@ def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> d
     if run.cfg.model.members > 1:
         notes.append(f"an ensemble of {run.cfg.model.members} models (model.members): no bank similarity per member")
         return empty
-    if not isinstance(getattr(run.model, "fill", None), BankFill):
+    if not isinstance(getattr(network(run), "fill", None), BankFill):
         notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
         return empty
     modalities = run.splits.schema.modalities
-    bank = run.model.fill.bank_SMPD.detach().cpu().numpy()
+    bank = network(run).fill.bank_SMPD.detach().cpu().numpy()
     init = initial_bank(run)
     if init is None:
         notes.append("the bank's initialisation could not be rebuilt exactly (e.g. weight decay): no init baseline")
