@@ -106,7 +106,8 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {path} was written for another model configuration ({diff})")
     state = _load_tensors(path)
     if model is not None:
-        for name, module in model.named_modules():
+        modules = model.named_modules() if isinstance(model, torch.nn.Module) else ()  # not a distributed state view
+        for name, module in modules:
             if hasattr(module, "size_from"):  # buffers sized by the data they were fit on (multimoe.blend.Trees)
                 module.size_from(state, f"{name}." if name else "")
         _check_matches(path, state, model)
