@@ -14,8 +14,10 @@ from conftest import tiny_config
 from test_predict import TINY, cli, patients, train_run, write_table
 
 from multimoe.baselines import HGB
-from multimoe.blend import fit_blend
+from multimoe.batch import Batch, combination_index
+from multimoe.blend import Trees, fit_blend
 from multimoe.config import ConfigError
+from multimoe.data.dataset import DataSchema
 from multimoe.evaluate import evaluate
 from multimoe.model import ModelOutput
 from multimoe.predict import load_predictor
@@ -44,6 +46,27 @@ def test_the_trees_give_gradient_boostings_probabilities(classes, tmp_path):
     for data in (run.splits.val, run.splits.test):
         assert (~data.present_NM).any() and any(m.any() for m in data.cell_missing.values())
         np.testing.assert_allclose(trees_probs(run.model, data), hgb.predict(data).probs_NC, atol=1e-12, rtol=0)
+
+
+def test_a_hand_made_forest():
+    """Two trees on a binary task: a stump on modality b's column (x <= 0.5 left, as scikit-learn splits; NaN, from
+    a missing cell or an absent modality, right) and a lone leaf; raw score 0.25 + leaf values, then the logistic."""
+    schema = DataSchema(("a", "b"), (1, 1), ("no", "yes"))
+    arrays = {"baseline": np.array([0.25]), "tree_start": np.array([0, 3]), "feature": np.array([1, 0, 0, 0]),
+              "threshold": np.array([0.5, 0, 0, 0]), "missing_left": np.zeros(4, dtype=bool),
+              "left": np.array([1, 0, 0, 0]), "right": np.array([2, 0, 0, 0]),
+              "is_leaf": np.array([False, True, True, True]), "value": np.array([0.0, -1.0, 2.0, 0.5]),
+              "classes": np.array([0, 1])}  # fmt: skip
+    trees = Trees(schema).set_arrays(arrays)
+    assert trees.depth == 1
+    b = torch.tensor([[0.5], [0.7], [0.0], [0.0], [-3.0]])
+    present = torch.tensor([[True, True]] * 3 + [[True, False], [True, True]])
+    batch = Batch({"a": torch.zeros(5, 1), "b": b}, {"a": torch.zeros(5, 1, dtype=torch.bool),
+                  "b": torch.tensor([[False], [False], [True], [False], [False]])}, present,
+                  torch.zeros(5, dtype=torch.long), combination_index(present))  # fmt: skip
+    left, right = 0.25 - 1.0 + 0.5, 0.25 + 2.0 + 0.5  # equal to the threshold, below it: left; above, NaN: right
+    p1 = 1 / (1 + np.exp(-np.array([left, right, right, right, left])))
+    np.testing.assert_allclose(trees(batch).numpy(), np.stack([1 - p1, p1], axis=1), rtol=0, atol=1e-15)
 
 
 class Oracle(torch.nn.Module):
