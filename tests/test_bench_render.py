@@ -10,6 +10,7 @@ from multimoe.bench import append_cell, render
 from multimoe.bench.render import (
     combination_frame,
     combination_tables,
+    file_name,
     load_frame,
     markdown_paired,
     markdown_per_size,
@@ -375,6 +376,10 @@ def test_point_labels():
     assert point_label({"data.missing": "mcar:0.1"}) == "mcar:0.1"  # no dataset named: nothing in its place
     assert point_label({"data.name": "x"}) == "x"
     assert point_label({"train.lr": 0.1, "data.name": "x", "model.dim": 8}) == "x (model.dim=8, train.lr=0.1)"
+    # a table of one's own is named by its spec file; a plot's file name holds no path separator
+    spec = {"data.spec": "external/framingham.yaml", "data.missing": "mcar:0.3", "train.lr": 0.1}
+    assert point_label(spec) == "framingham mcar:0.3 (train.lr=0.1)"
+    assert file_name("a mcar:0.3 (data.spec=x/y.yaml, seed=1)") == "a_mcar0.3_(data.spec=x_y.yaml,_seed=1)"
 
 
 def test_frame_rows_skip_foreign_and_failed_cells_and_fill_defaults(tmp_path):

@@ -16,10 +16,20 @@ from multimoe.bench.sweep import Sweep
 
 
 def point_label(point: dict) -> str:
-    """``<dataset> <protocol> (<other overrides>)``, each part only where the point sets it."""
+    """``<dataset> <protocol> (<other overrides>)``, each part only where the point sets it; a table of one's own
+    (``data.spec``) is named by its spec file's name without the suffix."""
+    point = dict(point)
+    if "data.spec" in point and "data.name" not in point:
+        point["data.name"] = Path(str(point.pop("data.spec"))).stem
     named = [str(point[k]) for k in ("data.name", "data.missing") if k in point]
     rest = ", ".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in ("data.name", "data.missing"))
     return " ".join(named + ([f"({rest})"] if rest else []))
+
+
+def file_name(label: str) -> str:
+    """A grid point's label as a file name: ':' dropped, every character but letters, digits and ``.=,()_-`` (a
+    space, a path's slash) replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9.=,()_-]", "_", label.replace(":", ""))
 
 
 METRICS = ("accuracy", "f1", "auc", "brier", "ece")
@@ -378,7 +388,7 @@ def plot_combinations(tables: dict[str, pd.DataFrame], metric: dict[str, str], p
         ax.set_title(f"{point}: test {metric[point]} per combination", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.05)
         fig.tight_layout()
-        out = path / f"{point.replace(' ', '_').replace(':', '')}-combinations.png"
+        out = path / f"{file_name(point)}-combinations.png"
         fig.savefig(out, dpi=120)
         written.append(out)
     return written
