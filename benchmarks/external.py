@@ -11,10 +11,11 @@ sets does not count. Writes two multimodal tables from packages the install alre
   malignant; three modalities, the means, the standard errors and the worst values of the ten nucleus features;
   mcar:0.3 and mcar:0.6.
 
-    python benchmarks/external.py OUT
-    multimoe bench OUT/external.yaml --out OUT/results --jobs 2 --threads 1
+    python benchmarks/external.py external                    # from the repository's root (external/ is ignored)
+    multimoe bench external/external.yaml --out results --jobs 2 --threads 1   # results/external
 
-The tables are written fresh from the packages each time; no data file is kept in the repository.
+The tables are written fresh from the packages each time; no data file is kept in the repository. The sweep names
+the specs and presets by paths relative to the repository's root, where the bench runs.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def _spec(out: Path, name: str, label: str, modalities: dict[str, list[str]]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder for the tables, their specs and the sweep")
-    out = parser.parse_args().out.resolve()
+    out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     fram, breast = framingham(out), breast_cancer(out)
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path("configs")
     sweep = f"""# written by benchmarks/external.py: our presets against hgb on real tables that are no built-in dataset
 name: external
 description: multimoe-blend against histogram gradient boosting on Framingham and breast cancer
