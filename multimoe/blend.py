@@ -151,8 +151,7 @@ def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: Multimodal
     blend = Blend(network, trees.set_arrays(arrays).to(device))
     labels_N = val.labels_N.numpy()
     p_net = predict(network, val, batch_size, device).probs_NC.astype(np.float64)
-    blend.weight.fill_(0.0)
-    p_trees = predict(blend, val, batch_size, device).probs_NC.astype(np.float64)  # through the torch trees
+    p_trees = hgb.predict(val).probs_NC  # what the torch trees compute (to 1e-12), without a second network pass
     losses = {}
     for w in WEIGHTS:
         p = w * p_net + (1 - w) * p_trees
