@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.svm import SVC
 from torch import Tensor, nn
 
 from multimoe.baselines import HGB
@@ -33,6 +34,10 @@ from multimoe.model import ModelOutput, build_model
 
 WEIGHTS = tuple(i / 10 for i in range(11))  # the network's weights w tried on validation
 TREE_KINDS = ("table", "embedding")  # the modality kinds the trees read (their columns)
+_SVM = ("sv", "coef", "intercept", "prob_a", "prob_b", "gamma", "pair", "classes")  # Product's arrays, per modality
+SVM_C = 10.0  # the per-modality machines' C (fixed: not tuned)
+FLOOR = 1e-6  # a machine's least class probability (a class it never saw)
+RATIO_CLIP = 1e-7  # pairwise probabilities kept in [clip, 1 - clip], as libsvm does
 _ARRAYS = ("baseline", "tree_start", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
 
 
@@ -115,47 +120,177 @@ def _depth_after_loading(module: Trees, keys) -> None:
     module._set_depth()
 
 
-class Blend(nn.Module):
-    """``weight`` * the network's class probabilities + (1 - ``weight``) * the trees'; logits are their logarithm.
-    The network's router outputs pass through (routing statistics and the report read the network)."""
+class Product(nn.Module):
+    """One RBF support-vector machine per modality (``SVM_C``, the kernel width 1 / (features x variance), as
+    scikit-learn's ``gamma="scale"``), fit on the training rows that have the modality; the class probabilities
+    are the product over the modalities a sample has of each machine's, divided by the training prior once per
+    modality beyond the first (naive Bayes over modalities: the modalities taken as independent given the class).
 
-    def __init__(self, network: nn.Module, trees: Trees, weight: float = 0.0) -> None:
+    A machine's probabilities come from its one-vs-one decisions: each pair's Platt sigmoid (the A and B that
+    scikit-learn fits by internal cross-validation) gives r_ab, the probability of a over b, and the pairs are
+    coupled in closed form (Price et al., 1995): p_a proportional to 1 / (sum over b of 1 / r_ab - (k - 2)). With two
+    classes this is scikit-learn's ``predict_proba``; with more, its iterative coupling (Wu, Lin and Weng) differs by
+    little. A class a machine never saw has probability ``FLOOR``; a modality whose training rows hold one class only
+    has no machine (it contributes nothing). Inputs: standardised columns, 0 in missing cells (logreg's design)."""
+
+    def __init__(self, schema: DataSchema) -> None:
         super().__init__()
-        self.network, self.trees = network, trees
+        self.modalities, self.num_classes = schema.modalities, schema.num_classes
+        kinds = [s.kind for s in schema.inputs]
+        if any(k not in TREE_KINDS for k in kinds):
+            other = [f"{m} ({k})" for m, k in zip(schema.modalities, kinds) if k not in TREE_KINDS]
+            raise ConfigError(
+                f"model.blend=hgb+svm: the machines read table and embedding modalities only, not {other}"
+            )
+        self.register_buffer("log_prior", torch.zeros(0, dtype=torch.float64))
+        for i in range(len(self.modalities)):
+            for name in _SVM:
+                self.register_buffer(f"{name}{i}", torch.zeros(0))
+
+    def fit(self, train: MultimodalData, seed: int) -> Product:
+        labels_N = train.labels_N.numpy()
+        prior_C = np.bincount(labels_N, minlength=self.num_classes) / len(labels_N)
+        self.log_prior = torch.from_numpy(np.log(np.clip(prior_C, FLOOR, None)))
+        for i, name in enumerate(self.modalities):
+            has = train.present_NM[:, i].numpy()
+            x = _inputs(train.values[name], train.cell_missing[name]).numpy()[has]
+            y = labels_N[has]
+            if len(np.unique(y)) < 2:
+                continue
+            var = x.var()
+            gamma = 1.0 / (x.shape[1] * var) if var > 0 else 1.0
+            svm = SVC(C=SVM_C, gamma=gamma, probability=True, random_state=seed).fit(x, y)
+            for key, value in svm_arrays(svm, gamma).items():
+                setattr(self, f"{key}{i}", torch.from_numpy(value))
+        return self
+
+    def size_from(self, state: dict[str, Tensor], prefix: str) -> None:
+        """Buffers of the sizes a checkpoint's ``state`` holds (the machines' support vectors: known after fitting)."""
+        for name in ("log_prior", *(f"{k}{i}" for i in range(len(self.modalities)) for k in _SVM)):
+            if prefix + name in state:
+                saved = state[prefix + name]
+                setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype))
+
+    def forward(self, batch: Batch) -> Tensor:
+        log_B1 = batch.present_BM.new_zeros(batch.present_BM.shape[0], 1, dtype=torch.float64)
+        logp_BC = log_B1 + self.log_prior
+        for i, name in enumerate(self.modalities):
+            if getattr(self, f"sv{i}").numel() == 0:
+                continue
+            probs_BC = self._machine(i, _inputs(batch.inputs[name], batch.cell_missing[name]))
+            here_B1 = batch.present_BM[:, i : i + 1].double()
+            logp_BC = logp_BC + here_B1 * (probs_BC.log() - self.log_prior)
+        return logp_BC.softmax(dim=1)
+
+    def _machine(self, i: int, x_BF: Tensor) -> Tensor:
+        sv_SF, coef_PS, intercept_P = getattr(self, f"sv{i}"), getattr(self, f"coef{i}"), getattr(self, f"intercept{i}")
+        a_P, b_P, gamma = getattr(self, f"prob_a{i}"), getattr(self, f"prob_b{i}"), getattr(self, f"gamma{i}")
+        pair_P2, classes_K = getattr(self, f"pair{i}"), getattr(self, f"classes{i}")
+        d2_BS = (x_BF**2).sum(dim=1, keepdim=True) + (sv_SF**2).sum(dim=1) - 2 * x_BF @ sv_SF.T
+        decision_BP = (-gamma * d2_BS.clamp(min=0)).exp() @ coef_PS.T + intercept_P
+        r_BP = torch.sigmoid(-(decision_BP * a_P + b_P)).clamp(RATIO_CLIP, 1 - RATIO_CLIP)  # P(first over second)
+        k = classes_K.shape[0]
+        first_PK = nn.functional.one_hot(pair_P2[:, 0], k).double()
+        second_PK = nn.functional.one_hot(pair_P2[:, 1], k).double()
+        inverse_BK = (1 / r_BP) @ first_PK + (1 / (1 - r_BP)) @ second_PK - (k - 2)
+        q_BK = 1 / inverse_BK
+        q_BK = q_BK / q_BK.sum(dim=1, keepdim=True)
+        seen_KC = nn.functional.one_hot(classes_K, self.num_classes).double()
+        return (q_BK @ seen_KC + FLOOR * (1 - seen_KC.sum(dim=0))).clamp(min=FLOOR)
+
+
+def _inputs(x: Tensor, missing: Tensor) -> Tensor:
+    """float64 standardised columns with 0 (the training mean) in missing cells."""
+    return torch.where(missing, torch.zeros((), dtype=torch.float64), x.double())
+
+
+def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
+    """A fitted SVC's one-vs-one machines as dense arrays: for pair p = (a, b), a < b in scikit-learn's order,
+    decision_p(x) = sum_s coef[p, s] K(x, sv_s) + intercept[p] (libsvm's sign: positive favours a), with Platt's
+    A and B; ``pair`` holds (a, b) as indices into ``classes``."""
+    k, sv = len(svm.classes_), svm.support_vectors_.astype(np.float64)
+    starts = np.concatenate([[0], np.cumsum(svm.n_support_)])
+    dual, intercept = svm.dual_coef_, svm.intercept_
+    if k == 2:  # scikit-learn flips the binary machine's sign (positive favours the second class); libsvm's is kept
+        dual, intercept = -dual, -intercept
+    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    coef = np.zeros((len(pairs), len(sv)))
+    for p, (a, b) in enumerate(pairs):
+        coef[p, starts[a] : starts[a + 1]] = dual[b - 1, starts[a] : starts[a + 1]]
+        coef[p, starts[b] : starts[b + 1]] = dual[a, starts[b] : starts[b + 1]]
+    return {"sv": sv, "coef": coef, "intercept": np.asarray(intercept, dtype=np.float64),
+            "prob_a": np.asarray(svm.probA_, dtype=np.float64), "prob_b": np.asarray(svm.probB_, dtype=np.float64),
+            "gamma": np.asarray(gamma, dtype=np.float64), "pair": np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
+            "classes": np.asarray(svm.classes_, dtype=np.int64)}  # fmt: skip
+
+
+class Blend(nn.Module):
+    """``weight`` * the network's class probabilities + ``product_weight`` * the per-modality machines' product's
+    (``model.blend=hgb+svm`` only) + the rest * the trees'; logits are their logarithm. The network's router outputs
+    pass through (routing statistics and the report read the network)."""
+
+    def __init__(self, network: nn.Module, trees: Trees, weight: float = 0.0, product: Product | None = None,
+                 product_weight: float = 0.0) -> None:  # fmt: skip
+        super().__init__()
+        self.network, self.trees, self.product = network, trees, product
         self.cfg, self.schema = network.cfg, network.schema
         self.register_buffer("weight", torch.tensor(float(weight), dtype=torch.float64))
+        if product is not None:
+            self.register_buffer("product_weight", torch.tensor(float(product_weight), dtype=torch.float64))
 
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.network(batch)
-        probs_BC = self.weight * out.logits_BC.double().softmax(dim=1) + (1 - self.weight) * self.trees(batch)
+        probs_BC = self.weight * out.logits_BC.double().softmax(dim=1)
+        rest = 1 - self.weight
+        if self.product is not None:
+            probs_BC = probs_BC + self.product_weight * self.product(batch)
+            rest = rest - self.product_weight
+        probs_BC = probs_BC + rest * self.trees(batch)
         logits_BC = probs_BC.clamp(min=1e-12).log().to(out.logits_BC.dtype)
         return ModelOutput(logits_BC, out.aux_loss, out.moe, out.info)
 
 
 def build_trained(cfg: ModelConfig, schema: DataSchema) -> nn.Module:
     """The model a finished run saved, unfitted, for its checkpoint to load into: the network, or with
-    ``model.blend=hgb`` the network blended with empty trees (the checkpoint gives their sizes)."""
+    ``model.blend`` the network blended with empty trees (and machines; the checkpoint gives their sizes)."""
     network = build_model(cfg, schema)
-    return Blend(network, Trees(schema)) if cfg.blend == "hgb" else network
+    if cfg.blend == "none":
+        return network
+    return Blend(network, Trees(schema), product=Product(schema) if cfg.blend == "hgb+svm" else None)
 
 
 def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: MultimodalData, val: MultimodalData,
               batch_size: int, device) -> tuple[Blend, dict]:  # fmt: skip
-    """Fit the trees on ``train`` and choose the network's weight on ``val`` (lowest log loss over ``WEIGHTS``);
-    returns the blend and what was chosen (weight, validation log loss of each weight)."""
+    """Fit the trees (and with ``hgb+svm`` the per-modality machines) on ``train`` and choose the weights on ``val``:
+    the network's w and the machines' v in ``WEIGHTS`` with w + v <= 1, the trees 1 - w - v, of lowest validation
+    log loss (the first of equal ones, w then v ascending); returns the blend and what was chosen."""
     trees = Trees(train.schema)  # refuses modalities of other kinds before anything is fit
+    product = Product(train.schema) if cfg.blend == "hgb+svm" else None
     if len(val) == 0:
-        raise ConfigError("model.blend=hgb chooses its weight on the validation split, which is empty")
+        raise ConfigError(f"model.blend={cfg.blend} chooses its weights on the validation split, which is empty")
     hgb = HGB(cfg, seed).fit(train)
     arrays = {k: v.numpy() for k, v in hgb.state_dict().items()}
     blend = Blend(network, trees.set_arrays(arrays).to(device))
     labels_N = val.labels_N.numpy()
     p_net = predict(network, val, batch_size, device).probs_NC.astype(np.float64)
     p_trees = hgb.predict(val).probs_NC  # what the torch trees compute (to 1e-12), without a second network pass
+    p_product, svm_weights = np.zeros_like(p_trees), (0.0,)
+    if product is not None:
+        product = product.fit(train, seed).to(device)
+        blend = Blend(network, blend.trees, product=product)
+        with torch.no_grad():
+            p_product = torch.cat([product(b.to(device)).cpu() for b in val.batches(batch_size)]).numpy()
+        svm_weights = WEIGHTS
     losses = {}
     for w in WEIGHTS:
-        p = w * p_net + (1 - w) * p_trees
-        losses[w] = float(-np.log(np.clip(p[np.arange(len(labels_N)), labels_N], 1e-12, None)).mean())
-    best = min(WEIGHTS, key=lambda w: losses[w])
-    blend.weight.fill_(best)
-    return blend, {"weight": best, "val_log_loss": losses}
+        for v in (v for v in svm_weights if w + v <= 1 + 1e-9):
+            p = w * p_net + v * p_product + max(1 - w - v, 0.0) * p_trees
+            losses[(w, v)] = float(-np.log(np.clip(p[np.arange(len(labels_N)), labels_N], 1e-12, None)).mean())
+    best_w, best_v = min(losses, key=lambda wv: losses[wv])
+    blend.weight.fill_(best_w)
+    chosen = {"weight": best_w}
+    if product is not None:
+        blend.product_weight.fill_(best_v)
+        chosen["svm_weight"] = best_v
+        return blend, {**chosen, "val_log_loss": {f"{w:.1f},{v:.1f}": loss for (w, v), loss in losses.items()}}
+    return blend, {**chosen, "val_log_loss": {w: loss for (w, _), loss in losses.items()}}

@@ -161,8 +161,9 @@ class ModelConfig:
     # Ensemble). 1: the architecture alone
     members: int = 1
     # none | hgb: blend the trained network's class probabilities with histogram gradient boosting's, fit on the
-    # training split, with the network's weight chosen on validation log loss (multimoe/blend.py)
-    blend: Literal["none", "hgb"] = "none"
+    # training split, with the network's weight chosen on validation log loss (multimoe/blend.py) | hgb+svm: and with
+    # a product of per-modality RBF support-vector machines, the three weights chosen on validation log loss
+    blend: Literal["none", "hgb", "hgb+svm"] = "none"
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
     hgb_max_iter: int = 100  # hgb: boosting rounds
     # what logreg and hgb read of a series modality: none (refused: they take no raw signals) | summary (per-channel

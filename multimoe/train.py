@@ -137,12 +137,15 @@ def _train(cfg: Config, table: Table | None, splits: Splits | None, ctx: Context
 
 
 def _blend(network, cfg: Config, splits: Splits, folder: RunFolder, notes: list[str], device, ctx: Context):
-    """The selected network blended with gradient boosting (``model.blend``, multimoe/blend.py), saved as the run's
-    best model; the chosen weight goes into the notes and the checkpoint's metadata."""
+    """The selected network blended with gradient boosting (with ``hgb+svm`` also the per-modality machines;
+    ``model.blend``, multimoe/blend.py), saved as the run's best model; the chosen weights go into the notes and the
+    checkpoint's metadata."""
     model, chosen = fit_blend(network, cfg.model, cfg.seed, splits.train, splits.val, cfg.train.eval_batch_size,
                               device)  # fmt: skip
-    w = chosen["weight"]
-    notes.append(f"blend: {w:.1f} x the network + {1 - w:.1f} x gradient boosting (lowest validation log loss)")
+    w, v = chosen["weight"], chosen.get("svm_weight")
+    svm = "" if v is None else f" + {v:.1f} x the per-modality machines' product"
+    trees = max(1 - w - (v or 0), 0)
+    notes.append(f"blend: {w:.1f} x the network + {trees:.1f} x gradient boosting{svm} (lowest validation log loss)")
     best_meta = read_meta(folder.best)
     save_checkpoint(folder.best, model, {**best_meta, "blend": chosen})
     return model

@@ -80,6 +80,7 @@ PRESETS = {
 PRESETS["i2moe-all"] = {**PRESETS["i2moe"], "method": "i2moe-all", "data.complete_cases": False}  # ours
 PRESETS["multimoe-blend"] = {**PRESETS["multimoe"], "method": "multimoe-blend", "model.members": 5,
                              "model.blend": "hgb"}  # fmt: skip
+PRESETS["multimoe-blend-svm"] = {**PRESETS["multimoe-blend"], "method": "multimoe-blend-svm", "model.blend": "hgb+svm"}
 
 
 def test_every_preset_is_pinned():
