@@ -20,6 +20,8 @@ node arrays beside the network's weights (no pickle). The trees read table and e
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.svm import SVC
@@ -159,8 +161,19 @@ class Product(nn.Module):
                 continue
             var = x.var()
             gamma = 1.0 / (x.shape[1] * var) if var > 0 else 1.0
-            svm = SVC(C=SVM_C, gamma=gamma, probability=True, random_state=seed).fit(x, y)
-            for key, value in svm_arrays(svm, gamma).items():
+            with warnings.catch_warnings():  # SVC's probability=True: deprecated in scikit-learn 1.9, gone in 1.11
+                warnings.simplefilter("ignore", FutureWarning)
+                try:
+                    svm = SVC(C=SVM_C, gamma=gamma, probability=True, random_state=seed).fit(x, y)
+                except TypeError:  # no such parameter
+                    svm = None
+                if not hasattr(svm, "probA_"):
+                    raise ConfigError(
+                        "model.blend=hgb+svm reads Platt's A and B from scikit-learn's SVC(probability=True), which "
+                        "this scikit-learn no longer has: install scikit-learn<1.11"
+                    )
+                arrays = svm_arrays(svm, gamma)
+            for key, value in arrays.items():
                 setattr(self, f"{key}{i}", torch.from_numpy(value))
         return self
 
@@ -177,23 +190,27 @@ class Product(nn.Module):
         for i, name in enumerate(self.modalities):
             if getattr(self, f"sv{i}").numel() == 0:
                 continue
-            probs_BC = self._machine(i, _inputs(batch.inputs[name], batch.cell_missing[name]))
+            probs_BC = self.machine(i, _inputs(batch.inputs[name], batch.cell_missing[name]))
             here_B1 = batch.present_BM[:, i : i + 1].double()
             logp_BC = logp_BC + here_B1 * (probs_BC.log() - self.log_prior)
         return logp_BC.softmax(dim=1)
 
-    def _machine(self, i: int, x_BF: Tensor) -> Tensor:
+    def decisions(self, i: int, x_BF: Tensor) -> Tensor:
+        """B x P one-vs-one decision values of modality ``i``'s machine (libsvm's sign: positive favours a pair's
+        first class)."""
         sv_SF, coef_PS, intercept_P = getattr(self, f"sv{i}"), getattr(self, f"coef{i}"), getattr(self, f"intercept{i}")
-        a_P, b_P, gamma = getattr(self, f"prob_a{i}"), getattr(self, f"prob_b{i}"), getattr(self, f"gamma{i}")
-        pair_P2, classes_K = getattr(self, f"pair{i}"), getattr(self, f"classes{i}")
         d2_BS = (x_BF**2).sum(dim=1, keepdim=True) + (sv_SF**2).sum(dim=1) - 2 * x_BF @ sv_SF.T
-        decision_BP = (-gamma * d2_BS.clamp(min=0)).exp() @ coef_PS.T + intercept_P
-        r_BP = torch.sigmoid(-(decision_BP * a_P + b_P)).clamp(RATIO_CLIP, 1 - RATIO_CLIP)  # P(first over second)
+        return (-getattr(self, f"gamma{i}") * d2_BS.clamp(min=0)).exp() @ coef_PS.T + intercept_P
+
+    def machine(self, i: int, x_BF: Tensor) -> Tensor:
+        """B x C class probabilities of modality ``i``'s machine: Platt's pairwise probabilities, coupled."""
+        a_P, b_P = getattr(self, f"prob_a{i}"), getattr(self, f"prob_b{i}")
+        r_BP = torch.sigmoid(-(self.decisions(i, x_BF) * a_P + b_P)).clamp(RATIO_CLIP, 1 - RATIO_CLIP)
+        pair_P2, classes_K = getattr(self, f"pair{i}"), getattr(self, f"classes{i}")
         k = classes_K.shape[0]
         first_PK = nn.functional.one_hot(pair_P2[:, 0], k).double()
         second_PK = nn.functional.one_hot(pair_P2[:, 1], k).double()
-        inverse_BK = (1 / r_BP) @ first_PK + (1 / (1 - r_BP)) @ second_PK - (k - 2)
-        q_BK = 1 / inverse_BK
+        q_BK = 1 / ((1 / r_BP) @ first_PK + (1 / (1 - r_BP)) @ second_PK - (k - 2))
         q_BK = q_BK / q_BK.sum(dim=1, keepdim=True)
         seen_KC = nn.functional.one_hot(classes_K, self.num_classes).double()
         return (q_BK @ seen_KC + FLOOR * (1 - seen_KC.sum(dim=0))).clamp(min=FLOOR)

@@ -138,3 +138,149 @@ def test_a_blended_run_exports(blended):
 def test_a_baseline_cannot_be_blended():
     with pytest.raises(ConfigError, match="model.blend=hgb blends a neural model"):
         load_config("configs/hgb.yaml", ["model.blend=hgb"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model.blend=hgb+svm: a product of per-modality support-vector machines as a third member
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the refit SVC's probability=True: deprecated in scikit-learn 1.9
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_machines_are_scikit_learns_svms(classes, tmp_path):
+    """Each modality's machine, refit here with scikit-learn on the training rows that have the modality (the same
+    kernel width, C and seed): its decision values equal ``decision_function`` (one-vs-one; libsvm's sign, which
+    scikit-learn flips for two classes). Its probabilities are Platt's sigmoid of them with scikit-learn's A and B;
+    ``predict_proba`` (libsvm's own probability path) is within 0.005 of that with two classes, and with three its
+    iterative coupling agrees with the closed form on the most probable class of nearly every row."""
+    from sklearn.svm import SVC
+
+    from multimoe.blend import SVM_C, Product
+
+    df = patients(240)
+    df["y"] %= classes
+    spec = write_table(tmp_path, df)
+    code, out, err = cli("train", "configs/multimoe.yaml", f"data.spec={spec}", f"out_dir={tmp_path / 'runs'}", *TINY,
+                         "train.epochs=1", "data.missing=mcar:0.4")  # fmt: skip
+    assert code == 0, err
+    run = open_run(json.loads(out.splitlines()[-1])["run_dir"])
+    train_data, test_data = run.splits.train, run.splits.test
+    product = Product(train_data.schema).fit(train_data, seed=3)
+    agree = []
+    for i, name in enumerate(train_data.schema.modalities):
+        has = train_data.present_NM[:, i].numpy()
+        x = np.where(train_data.cell_missing[name].numpy(), 0.0, train_data.values[name].numpy())[has]
+        svm = SVC(
+            C=SVM_C,
+            gamma=float(getattr(product, f"gamma{i}")),
+            probability=True,
+            random_state=3,
+            decision_function_shape="ovo",
+        )
+        svm.fit(x.astype(np.float64), train_data.labels_N.numpy()[has])
+        x_test = np.where(test_data.cell_missing[name].numpy(), 0.0, test_data.values[name].numpy()).astype(float)
+        ours = product.decisions(i, torch.from_numpy(x_test)).numpy()
+        theirs = svm.decision_function(x_test).reshape(len(x_test), -1)
+        np.testing.assert_allclose(ours, theirs if classes > 2 else -theirs, atol=1e-9, rtol=0)
+        probs = product.machine(i, torch.from_numpy(x_test)).numpy()
+        if classes == 2:
+            np.testing.assert_allclose(probs, svm.predict_proba(x_test), atol=5e-3, rtol=0)
+            libsvm = -theirs[:, 0]  # libsvm's decision: positive favours the first class
+            r = 1 / (1 + np.exp(svm.probA_[0] * libsvm + svm.probB_[0]))  # Platt's sigmoid
+            np.testing.assert_allclose(probs[:, 0], r, atol=1e-9, rtol=0)
+        agree.append((probs.argmax(1) == svm.predict_proba(x_test).argmax(1)).mean())
+    assert min(agree) >= 0.95
+
+
+def hand_made_product():
+    """Two modalities, three classes, training prior (0.5, 0.25, 0.25). Modality a's machine knows all three classes;
+    its pairwise decisions are constants (no support vector weight), A = -1, B = 0, so r_ab = sigmoid(intercept):
+    r_01 = 0.5, r_02 = 0.8, r_12 = 0.75. Modality b's machine knows classes 0 and 2 only, r_02 = 0.9."""
+    from multimoe.blend import Product
+
+    def machine(classes, r):
+        pairs = [(a, b) for a in range(len(classes)) for b in range(a + 1, len(classes))]
+        r = np.array(r)
+        return {"sv": np.zeros((1, 2)), "coef": np.zeros((len(pairs), 1)), "intercept": np.log(r / (1 - r)),
+                "prob_a": -np.ones(len(pairs)), "prob_b": np.zeros(len(pairs)), "gamma": np.asarray(1.0),
+                "pair": np.array(pairs), "classes": np.array(classes)}  # fmt: skip
+
+    product = Product(DataSchema(("a", "b"), (2, 2), ("x", "y", "z")))
+    product.log_prior = torch.tensor(np.log([0.5, 0.25, 0.25]))
+    for i, arrays in enumerate([machine([0, 1, 2], [0.5, 0.8, 0.75]), machine([0, 2], [0.9])]):
+        for key, value in arrays.items():
+            setattr(product, f"{key}{i}", torch.from_numpy(value))
+    return product
+
+
+def test_a_hand_made_product_of_machines():
+    """a alone: 1 / (1/r_01 + 1/r_02 - 1) = 1 / 2.25, 1 / (1/(1 - r_01) + 1/r_12 - 1) = 3 / 7,
+    1 / (1/(1 - r_02) + 1/(1 - r_12) - 1) = 1 / 8, normalised. b alone: 0.9, FLOOR (class 1: never seen), 0.1,
+    normalised. Both: a x b / prior, normalised."""
+    from multimoe.blend import FLOOR
+
+    product = hand_made_product()
+    a = np.array([1 / 2.25, 3 / 7, 1 / 8])
+    a /= a.sum()
+    b = np.array([0.9, FLOOR, 0.1])  # the machine's probabilities (0.9, 0.1 over its classes) and the floor
+    prior = np.array([0.5, 0.25, 0.25])
+    both = a * b / prior
+    present = torch.tensor([[True, False], [False, True], [True, True]])
+    batch = Batch({"a": torch.randn(3, 2), "b": torch.randn(3, 2)},
+                  {m: torch.zeros(3, 2, dtype=torch.bool) for m in "ab"}, present, torch.zeros(3, dtype=torch.long),
+                  combination_index(present))  # fmt: skip
+    expected = np.stack([a, b / b.sum(), both / both.sum()])
+    np.testing.assert_allclose(product(batch).numpy(), expected, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("shift,weight", [(0, 1.0), (1, 0.0)])
+def test_the_three_weights_are_validations_choice(shift, weight, tmp_path):
+    """With the machines as a third member: a network that is always right takes all the weight; one that is always
+    wrong none. The validation log loss of each pair (w, v) is that of w p_network + v p_machines + (1 - w - v) p_trees,
+    and at (0, 0) it is gradient boosting's own."""
+    cfg = tiny_config(tmp_path, "model.blend=hgb+svm")
+    result = train(load_config(None, [f"out_dir={tmp_path}", "model.arch=hgb", "data.synthetic.modalities=3",
+                                      "data.synthetic.features=8", "data.synthetic.samples=240",
+                                      "data.synthetic.classes=4", "data.missing=mcar:0.3"]))  # fmt: skip
+    splits = result.splits
+    blend, chosen = fit_blend(Oracle(cfg.model, splits.schema, shift), cfg.model, cfg.seed, splits.train, splits.val,
+                              64, "cpu")  # fmt: skip
+    assert chosen["weight"] == weight and float(blend.weight) == weight
+    if shift == 0:
+        assert chosen["svm_weight"] == 0.0 and float(blend.product_weight) == 0.0
+    losses = chosen["val_log_loss"]
+    assert len(losses) == 66  # the pairs of the 0.1 grid with w + v <= 1
+    assert losses["0.0,0.0"] == pytest.approx(result.model.predict(splits.val).loss, rel=1e-6)
+    labels = splits.val.labels_N.numpy()
+    with torch.no_grad():
+        p_machines = torch.cat([blend.product(b) for b in splits.val.batches(64)]).numpy()
+    assert losses["0.0,1.0"] == pytest.approx(-np.log(p_machines[np.arange(len(labels)), labels]).mean(), rel=1e-9)
+    assert min(losses, key=losses.get) == f"{chosen['weight']:.1f},{chosen['svm_weight']:.1f}"
+
+
+@pytest.fixture(scope="module")
+def blended_svm(tmp_path_factory) -> tuple[str, Path]:
+    folder = tmp_path_factory.mktemp("blend_svm")
+    return train_run(folder, "multimoe", "model.blend=hgb+svm", "data.missing=mcar:0.4", "train.epochs=1"), folder
+
+
+def test_a_run_blended_with_the_machines_predicts_reloads_and_exports(blended_svm):
+    from test_export import check_every_combination
+
+    run, folder = blended_svm
+    summary = json.loads((Path(run) / "summary.json").read_text())
+    (note,) = [n for n in summary["notes"] if n.startswith("blend: ")]
+    predictor = load_predictor(run)
+    w, v = float(predictor.model.weight), float(predictor.model.product_weight)
+    assert note.startswith(f"blend: {w:.1f} x the network + {max(1 - w - v, 0):.1f} x gradient boosting + {v:.1f} x")
+    df = patients(60, seed=5)
+    probs = predictor.predict_proba(df)
+    parts = []
+    for weights in [(1.0, 0.0), (0.0, 1.0), (0.0, 0.0)]:  # the network, the machines, the trees
+        predictor.model.weight.fill_(weights[0]), predictor.model.product_weight.fill_(weights[1])
+        parts.append(predictor.predict_proba(df))
+    np.testing.assert_allclose(probs, w * parts[0] + v * parts[1] + (1 - w - v) * parts[2], atol=1e-6)
+    opened = open_run(run)  # the reloaded run evaluates as the run did
+    assert evaluate(opened.model, opened.splits.test)["overall"] == summary["test"]["overall"]
+    code, _, err = cli("export", run, "--format", "onnx", "--out", str(folder / "model.onnx"))
+    assert code == 0, err
+    assert check_every_combination(run, folder / "model.onnx") >= 5
