@@ -1,4 +1,5 @@
-"""A neural model blended with gradient boosting: ``model.blend=hgb``.
+"""A neural model blended with gradient boosting (``model.blend=hgb``), and with a product of per-modality
+support-vector machines too (``model.blend=hgb+svm``).
 
 The network trains as it would alone (early stopping on validation). Then histogram gradient boosting (``hgb``:
 the same trees the ``hgb`` preset fits, ``model.hgb_max_iter`` rounds, the run's seed) is fit on the training split,
@@ -11,11 +12,20 @@ validation split the network's early stopping read, and nothing else). The two e
 trees are strong: ``multimoe-blend`` (5 members blended) is above gradient boosting beyond noise at 9 of the accuracy
 sweep's 11 points and below it at none (the README's results section).
 
+``hgb+svm`` adds a third member, ``Product``: one RBF support-vector machine per modality, multiplied over the
+modalities a sample has (naive Bayes over modalities), which is strong where the modalities are nearly independent
+given the class (mfeat's six views of a digit) and weak where they are not (landsat's neighbouring pixels). Then
+
+    p = w * p_network + v * p_machines + (1 - w - v) * p_trees
+
+with (w, v) on the same grid, w + v <= 1, of lowest validation log loss.
+
 The blend is one torch module (``Blend``): the trees are walked in torch, all of them at once, on the batch's
 inputs with NaN in missing cells and absent modalities, as the ``hgb`` preset reads them, in float64 with
-scikit-learn's arithmetic (``Trees``, equal to its ``predict_proba`` to 1e-12). So evaluation, the routing report,
-``predict``, the estimator and ONNX export read a blended run as any other, and its checkpoint holds the trees'
-node arrays beside the network's weights (no pickle). The trees read table and embedding modalities only.
+scikit-learn's arithmetic (``Trees``, equal to its ``predict_proba`` to 1e-12); the machines' kernels are computed
+in torch from their support vectors. So evaluation, the routing report, ``predict``, the estimator and ONNX export
+read a blended run as any other, and its checkpoint holds the trees' node arrays and the machines' support vectors
+beside the network's weights (no pickle). The trees and machines read table and embedding modalities only.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 from benchmarks.reference_paths import PATHS
 
@@ -117,3 +120,43 @@ def test_predict_benchmark_ends_with_the_ratio_and_the_memory(tmp_path):
     assert result["predict_over_model_only"] == pytest.approx(
         result["predict_rows_per_second"] / result["torch_rows_per_second"]
     )
+
+
+class FixedClassifier:
+    """A stand-in per-modality classifier: the same class probabilities for every row; remembers its training rows."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs, self.classes_ = np.array(probs), np.arange(len(probs))
+
+    def fit(self, X, y):
+        self.rows = len(X)
+        return self
+
+    def predict_proba(self, X):
+        return np.tile(self.probs, (len(X), 1))
+
+
+def test_the_product_of_per_modality_classifiers_by_hand():
+    """Training labels 0, 0, 0, 1 (prior 3/4, 1/4); modality a's classifier says (0.6, 0.4), b's (0.2, 0.8). Both
+    present: (0.6 x 0.2 / 0.75, 0.4 x 0.8 / 0.25) = (0.16, 1.28), normalised (1/9, 8/9); one present: its own."""
+    from benchmarks.per_view import product_of_modalities
+
+    class Data(SimpleNamespace):
+        def __len__(self):
+            return len(self.present_NM)
+
+    def make(present):
+        n = len(present)
+        return Data(present_NM=torch.tensor(present), labels_N=torch.tensor([0, 0, 0, 1][:n]),
+                    values={m: torch.zeros(n, 2) for m in "ab"},
+                    cell_missing={m: torch.zeros(n, 2, dtype=torch.bool) for m in "ab"},
+                    schema=SimpleNamespace(num_classes=2, modalities=("a", "b")))  # fmt: skip
+
+    train = make([[True, True], [True, False], [True, True], [False, True]])
+    test = make([[True, True], [True, False], [False, True]])
+    made = iter([FixedClassifier([0.6, 0.4]), FixedClassifier([0.2, 0.8])])
+    fitted = []
+    probs = product_of_modalities(SimpleNamespace(train=train, val=test, test=test),
+                                  lambda: fitted.append(next(made)) or fitted[-1])  # fmt: skip
+    np.testing.assert_allclose(probs["test"], [[1 / 9, 8 / 9], [0.6, 0.4], [0.2, 0.8]], rtol=1e-12)
+    assert [c.rows for c in fitted] == [3, 3]  # each fit on the training rows that have its modality

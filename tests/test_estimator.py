@@ -94,7 +94,7 @@ def test_grid_search_and_pipeline():
     assert pipe.get_params()["multimoeclassifier__model__logreg_c"] == 0.2
 
 
-@pytest.mark.parametrize("preset", ["multimoe", "hgb", "multimoe-blend"])
+@pytest.mark.parametrize("preset", ["multimoe", "hgb", "multimoe-blend", "multimoe-blend-svm"])
 def test_save_and_load_without_pickle_and_pickle_too(preset, tmp_path):
     X, y = frame()
     est = MultiMoEClassifier(MODALITIES, ["color"], preset, **(TINY if preset != "hgb" else {})).fit(X, y)
