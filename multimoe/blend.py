@@ -18,7 +18,9 @@ given the class (mfeat's six views of a digit) and weak where they are not (land
 
     p = w * p_network + v * p_machines + (1 - w - v) * p_trees
 
-with (w, v) on the same grid, w + v <= 1, of lowest validation log loss.
+with (w, v) on the same grid, w + v <= 1, of lowest validation log loss. ``multimoe-blend-svm`` is above gradient
+boosting beyond noise at 10 of the accuracy sweep's 11 points and below it at none; validation gives the machines
+0.30-0.72 of the weight on mfeat and at most 0.16 on support2 and landsat.
 
 The blend is one torch module (``Blend``): the trees are walked in torch, all of them at once, on the batch's
 inputs with NaN in missing cells and absent modalities, as the ``hgb`` preset reads them, in float64 with
