@@ -55,7 +55,26 @@ RATIO_CLIP = 1e-7  # pairwise probabilities kept in [clip, 1 - clip], as libsvm 
 _ARRAYS = ("baseline", "tree_start", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
 
 
-class Trees(nn.Module):
+def _refuse_other_kinds(schema: DataSchema, what: str) -> None:
+    """A ConfigError naming the modalities of kinds other than ``TREE_KINDS`` (the fitted members read columns)."""
+    other = [f"{m} ({s.kind})" for m, s in zip(schema.modalities, schema.inputs) if s.kind not in TREE_KINDS]
+    if other:
+        raise ConfigError(f"{what} read table and embedding modalities only, not {other}")
+
+
+class _Fitted(nn.Module):
+    """A blend member whose buffers take their sizes from the data it is fit on."""
+
+    def size_from(self, state: dict[str, Tensor], prefix: str) -> None:
+        """Buffers of the sizes and types a checkpoint's ``state`` holds (``load_checkpoint`` calls this before
+        loading: the sizes are the fitted member's, not known when the module is built)."""
+        for name, _ in list(self.named_buffers(recurse=False)):
+            if prefix + name in state:
+                saved = state[prefix + name]
+                setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype))
+
+
+class Trees(_Fitted):
     """Gradient boosting's fitted trees (``HGB.arrays``) as buffers; ``forward(batch)`` gives its class
     probabilities (B x C, float64). Every tree is walked for every row at once, one level a step, ``depth`` steps
     (a leaf stays where it is): a fixed loop of gathers, which ONNX export traces."""
@@ -64,10 +83,7 @@ class Trees(nn.Module):
         super().__init__()
         self.modalities, self.num_classes = schema.modalities, schema.num_classes
         self.depth = 0
-        kinds = [s.kind for s in schema.inputs]
-        if any(k not in TREE_KINDS for k in kinds):
-            other = [f"{m} ({k})" for m, k in zip(schema.modalities, kinds) if k not in TREE_KINDS]
-            raise ConfigError(f"model.blend=hgb: the trees read table and embedding modalities only, not {other}")
+        _refuse_other_kinds(schema, "model.blend=hgb: the trees")
         for name in (*_ARRAYS, "classes"):
             self.register_buffer(name, torch.zeros(0))
         self.register_load_state_dict_post_hook(_depth_after_loading)
@@ -78,14 +94,6 @@ class Trees(nn.Module):
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(arrays[name])))
         self._set_depth()
         return self
-
-    def size_from(self, state: dict[str, Tensor], prefix: str) -> None:
-        """Buffers of the sizes and types a checkpoint's ``state`` holds (before loading it: their sizes are the
-        fitted trees', not known when the module is built)."""
-        for name in (*_ARRAYS, "classes"):
-            if prefix + name in state:
-                saved = state[prefix + name]
-                setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype))
 
     def _set_depth(self) -> None:
         """The longest path from a root to a leaf (the levels ``forward`` walks)."""
@@ -134,7 +142,7 @@ def _depth_after_loading(module: Trees, keys) -> None:
     module._set_depth()
 
 
-class Product(nn.Module):
+class Product(_Fitted):
     """One RBF support-vector machine per modality (``SVM_C``, the kernel width 1 / (features x variance), as
     scikit-learn's ``gamma="scale"``), fit on the training rows that have the modality; the class probabilities
     are the product over the modalities a sample has of each machine's, divided by the training prior once per
@@ -150,12 +158,7 @@ class Product(nn.Module):
     def __init__(self, schema: DataSchema) -> None:
         super().__init__()
         self.modalities, self.num_classes = schema.modalities, schema.num_classes
-        kinds = [s.kind for s in schema.inputs]
-        if any(k not in TREE_KINDS for k in kinds):
-            other = [f"{m} ({k})" for m, k in zip(schema.modalities, kinds) if k not in TREE_KINDS]
-            raise ConfigError(
-                f"model.blend=hgb+svm: the machines read table and embedding modalities only, not {other}"
-            )
+        _refuse_other_kinds(schema, "model.blend=hgb+svm: the machines")
         self.register_buffer("log_prior", torch.zeros(0, dtype=torch.float64))
         for i in range(len(self.modalities)):
             for name in _SVM:
@@ -188,13 +191,6 @@ class Product(nn.Module):
             for key, value in arrays.items():
                 setattr(self, f"{key}{i}", torch.from_numpy(value))
         return self
-
-    def size_from(self, state: dict[str, Tensor], prefix: str) -> None:
-        """Buffers of the sizes a checkpoint's ``state`` holds (the machines' support vectors: known after fitting)."""
-        for name in ("log_prior", *(f"{k}{i}" for i in range(len(self.modalities)) for k in _SVM)):
-            if prefix + name in state:
-                saved = state[prefix + name]
-                setattr(self, name, torch.zeros(saved.shape, dtype=saved.dtype))
 
     def forward(self, batch: Batch) -> Tensor:
         log_B1 = batch.present_BM.new_zeros(batch.present_BM.shape[0], 1, dtype=torch.float64)
@@ -298,17 +294,17 @@ def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: Multimodal
     if len(val) == 0:
         raise ConfigError(f"model.blend={cfg.blend} chooses its weights on the validation split, which is empty")
     hgb = HGB(cfg, seed).fit(train)
-    arrays = {k: v.numpy() for k, v in hgb.state_dict().items()}
-    blend = Blend(network, trees.set_arrays(arrays).to(device))
+    trees.set_arrays({k: v.numpy() for k, v in hgb.state_dict().items()})
+    if product is not None:
+        product.fit(train, seed)
+    blend = Blend(network, trees, product=product).to(device)
     labels_N = val.labels_N.numpy()
     p_net = predict(network, val, batch_size, device).probs_NC.astype(np.float64)
     p_trees = hgb.predict(val).probs_NC  # what the torch trees compute (to 1e-12), without a second network pass
     p_product, svm_weights = np.zeros_like(p_trees), (0.0,)
     if product is not None:
-        product = product.fit(train, seed).to(device)
-        blend = Blend(network, blend.trees, product=product)
         with torch.no_grad():
-            p_product = torch.cat([product(b.to(device)).cpu() for b in val.batches(batch_size)]).numpy()
+            p_product = torch.cat([blend.product(b.to(device)).cpu() for b in val.batches(batch_size)]).numpy()
         svm_weights = WEIGHTS
     losses = {}
     for w in WEIGHTS:
