@@ -18,9 +18,13 @@ given the class (mfeat's six views of a digit) and weak where they are not (land
 
     p = w * p_network + v * p_machines + (1 - w - v) * p_trees
 
-with (w, v) on the same grid, w + v <= 1, of lowest validation log loss. ``multimoe-blend-svm`` is above gradient
-boosting beyond noise at 10 of the accuracy sweep's 11 points and below it at none; validation gives the machines
-0.30-0.72 of the weight on mfeat and at most 0.16 on support2 and landsat.
+with (w, v) on the same grid, w + v <= 1, of lowest validation log loss. ``model.blend_pool=geometric`` pools the
+members by their weighted geometric mean instead,
+
+    p proportional to p_network^w * p_machines^v * p_trees^(1 - w - v)
+
+(a weighted product of experts, the machines' own rule across modalities), with its own weights chosen the same
+way. ``multimoe-blend-svm`` is the geometric blend of the three (the README's results section gives its figures).
 
 The blend is one torch module (``Blend``): the trees are walked in torch, all of them at once, on the batch's
 inputs with NaN in missing cells and absent modalities, as the ``hgb`` preset reads them, in float64 with
@@ -52,6 +56,7 @@ _SVM = ("sv", "coef", "intercept", "prob_a", "prob_b", "gamma", "pair", "classes
 SVM_C = 10.0  # the per-modality machines' C (fixed: not tuned)
 FLOOR = 1e-6  # a machine's least class probability (a class it never saw)
 RATIO_CLIP = 1e-7  # pairwise probabilities kept in [clip, 1 - clip], as libsvm does
+PROB_CLIP = 1e-12  # a member's (and the blend's) least class probability before its logarithm
 _ARRAYS = ("baseline", "tree_start", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
 
 
@@ -250,14 +255,15 @@ def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
 
 
 class Blend(nn.Module):
-    """``weight`` * the network's class probabilities + ``product_weight`` * the per-modality machines' product's
-    (``model.blend=hgb+svm`` only) + the rest * the trees'; logits are their logarithm. The network's router outputs
-    pass through (routing statistics and the report read the network)."""
+    """The network's, the trees' and (``model.blend=hgb+svm`` only) the per-modality machines' class probabilities
+    pooled with weights ``weight``, ``product_weight`` and the rest: their weighted mean (``model.blend_pool=linear``)
+    or their normalised weighted geometric mean (``geometric``); logits are the pooled probabilities' logarithm. The
+    network's router outputs pass through (routing statistics and the report read the network)."""
 
     def __init__(self, network: nn.Module, trees: Trees, weight: float = 0.0, product: Product | None = None,
-                 product_weight: float = 0.0) -> None:  # fmt: skip
+                 product_weight: float = 0.0, geometric: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.network, self.trees, self.product = network, trees, product
+        self.network, self.trees, self.product, self.geometric = network, trees, product, geometric
         self.cfg, self.schema = network.cfg, network.schema
         self.register_buffer("weight", torch.tensor(float(weight), dtype=torch.float64))
         if product is not None:
@@ -265,14 +271,19 @@ class Blend(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.network(batch)
-        probs_BC = self.weight * out.logits_BC.double().softmax(dim=1)
-        rest = 1 - self.weight
+        members = [(self.weight, out.logits_BC.double().softmax(dim=1))]
         if self.product is not None:
-            probs_BC = probs_BC + self.product_weight * self.product(batch)
-            rest = rest - self.product_weight
-        probs_BC = probs_BC + rest * self.trees(batch)
-        logits_BC = probs_BC.clamp(min=1e-12).log().to(out.logits_BC.dtype)
-        return ModelOutput(logits_BC, out.aux_loss, out.moe, out.info)
+            members.append((self.product_weight, self.product(batch)))
+        members.append((1 - sum(w for w, _ in members), self.trees(batch)))
+        return ModelOutput(pool(members, self.geometric).to(out.logits_BC.dtype), out.aux_loss, out.moe, out.info)
+
+
+def pool(members: list[tuple[float | Tensor, Tensor]], geometric: bool) -> Tensor:
+    """B x C log class probabilities of the (weight, B x C probabilities) ``members`` (weights summing to 1): the
+    logarithm of their weighted mean, or with ``geometric`` their weighted mean log-probability, normalised."""
+    if geometric:
+        return sum(w * p.clamp(min=PROB_CLIP).log() for w, p in members).log_softmax(dim=1)
+    return sum(w * p for w, p in members).clamp(min=PROB_CLIP).log()
 
 
 def build_trained(cfg: ModelConfig, schema: DataSchema) -> nn.Module:
@@ -281,14 +292,16 @@ def build_trained(cfg: ModelConfig, schema: DataSchema) -> nn.Module:
     network = build_model(cfg, schema)
     if cfg.blend == "none":
         return network
-    return Blend(network, Trees(schema), product=Product(schema) if cfg.blend == "hgb+svm" else None)
+    product = Product(schema) if cfg.blend == "hgb+svm" else None
+    return Blend(network, Trees(schema), product=product, geometric=cfg.blend_pool == "geometric")
 
 
 def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: MultimodalData, val: MultimodalData,
               batch_size: int, device) -> tuple[Blend, dict]:  # fmt: skip
     """Fit the trees (and with ``hgb+svm`` the per-modality machines) on ``train`` and choose the weights on ``val``:
     the network's w and the machines' v in ``WEIGHTS`` with w + v <= 1, the trees 1 - w - v, of lowest validation
-    log loss (the first of equal ones, w then v ascending); returns the blend and what was chosen."""
+    log loss of the blend pooled as ``model.blend_pool`` says (the first of equal ones, w then v ascending); returns
+    the blend and what was chosen."""
     trees = Trees(train.schema)  # refuses modalities of other kinds before anything is fit
     product = Product(train.schema) if cfg.blend == "hgb+svm" else None
     if len(val) == 0:
@@ -297,20 +310,21 @@ def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: Multimodal
     trees.set_arrays({k: v.numpy() for k, v in hgb.state_dict().items()})
     if product is not None:
         product.fit(train, seed)
-    blend = Blend(network, trees, product=product).to(device)
-    labels_N = val.labels_N.numpy()
-    p_net = predict(network, val, batch_size, device).probs_NC.astype(np.float64)
-    p_trees = hgb.predict(val).probs_NC  # what the torch trees compute (to 1e-12), without a second network pass
-    p_product, svm_weights = np.zeros_like(p_trees), (0.0,)
+    blend = Blend(network, trees, product=product, geometric=cfg.blend_pool == "geometric").to(device)
+    labels_N = val.labels_N
+    p_net = torch.from_numpy(predict(network, val, batch_size, device).probs_NC.astype(np.float64))
+    p_trees = torch.from_numpy(hgb.predict(val).probs_NC)  # the torch trees' (to 1e-12), without a network pass
+    p_product, svm_weights = torch.zeros_like(p_trees), (0.0,)
     if product is not None:
         with torch.no_grad():
-            p_product = torch.cat([blend.product(b.to(device)).cpu() for b in val.batches(batch_size)]).numpy()
+            p_product = torch.cat([blend.product(b.to(device)).cpu() for b in val.batches(batch_size)])
         svm_weights = WEIGHTS
     losses = {}
     for w in WEIGHTS:
         for v in (v for v in svm_weights if w + v <= 1 + 1e-9):
-            p = w * p_net + v * p_product + max(1 - w - v, 0.0) * p_trees
-            losses[(w, v)] = float(-np.log(np.clip(p[np.arange(len(labels_N)), labels_N], 1e-12, None)).mean())
+            members = [(w, p_net), (v, p_product), (max(1 - w - v, 0.0), p_trees)]
+            logp_NC = pool(members, cfg.blend_pool == "geometric")
+            losses[(w, v)] = float(-logp_NC[torch.arange(len(labels_N)), labels_N].mean())
     best_w, best_v = min(losses, key=lambda wv: losses[wv])
     blend.weight.fill_(best_w)
     chosen = {"weight": best_w}

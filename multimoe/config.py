@@ -164,6 +164,9 @@ class ModelConfig:
     # training split, with the network's weight chosen on validation log loss (multimoe/blend.py) | hgb+svm: and with
     # a product of per-modality RBF support-vector machines, the three weights chosen on validation log loss
     blend: Literal["none", "hgb", "hgb+svm"] = "none"
+    # how the blend's members are pooled with the weights chosen on validation: linear (the weighted mean of their
+    # class probabilities) | geometric (the normalised weighted geometric mean: a weighted product of experts)
+    blend_pool: Literal["linear", "geometric"] = "linear"
     logreg_c: float = 0.1  # logreg: inverse L2 strength (DATASETS.md's baseline uses 0.1)
     hgb_max_iter: int = 100  # hgb: boosting rounds
     # what logreg and hgb read of a series modality: none (refused: they take no raw signals) | summary (per-channel
@@ -425,6 +428,7 @@ ADDED_KEYS = (
     "model.pool_rows",
     "model.members",
     "model.blend",
+    "model.blend_pool",
     "model.encoder.periodic",
 )
 

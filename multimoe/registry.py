@@ -146,6 +146,10 @@ def check(cfg: Config) -> Config:
             f"model.blend={cfg.model.blend} blends a neural model with gradient boosting; model.arch={cfg.model.arch} "
             "is a scikit-learn baseline (set model.blend=none)"
         )
+    if cfg.model.blend_pool != "linear" and cfg.model.blend == "none":
+        raise ConfigError(
+            f"model.blend_pool={cfg.model.blend_pool} pools a blend's members; this model has none (set model.blend)"
+        )
     return cfg
 
 

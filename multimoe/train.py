@@ -145,7 +145,9 @@ def _blend(network, cfg: Config, splits: Splits, folder: RunFolder, notes: list[
     w, v = chosen["weight"], chosen.get("svm_weight")
     svm = "" if v is None else f" + {v:.1f} x the per-modality machines' product"
     trees = max(1 - w - (v or 0), 0)
-    notes.append(f"blend: {w:.1f} x the network + {trees:.1f} x gradient boosting{svm} (lowest validation log loss)")
+    pooled = "weighted geometric mean, " if cfg.model.blend_pool == "geometric" else ""
+    notes.append(f"blend: {w:.1f} x the network + {trees:.1f} x gradient boosting{svm} ({pooled}lowest validation "
+                 "log loss)")  # fmt: skip
     best_meta = read_meta(folder.best)
     save_checkpoint(folder.best, model, {**best_meta, "blend": chosen})
     return model

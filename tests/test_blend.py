@@ -257,10 +257,50 @@ def test_the_three_weights_are_validations_choice(shift, weight, tmp_path):
     assert min(losses, key=losses.get) == f"{chosen['weight']:.1f},{chosen['svm_weight']:.1f}"
 
 
-@pytest.fixture(scope="module")
-def blended_svm(tmp_path_factory) -> tuple[str, Path]:
+def test_the_geometric_pool_is_the_weighted_geometric_mean_of_the_members(tmp_path):
+    """``model.blend_pool=geometric``: the validation log loss of (w, v) and the blend's output are those of
+    p_network^w p_machines^v p_trees^(1 - w - v), normalised over the classes (each member's probabilities clipped at
+    1e-12 first, as the network's e^-30 is)."""
+    cfg = tiny_config(tmp_path, "model.blend=hgb+svm", "model.blend_pool=geometric")
+    result = train(load_config(None, [f"out_dir={tmp_path}", "model.arch=hgb", "data.synthetic.modalities=3",
+                                      "data.synthetic.features=8", "data.synthetic.samples=240",
+                                      "data.synthetic.classes=4", "data.missing=mcar:0.3"]))  # fmt: skip
+    splits = result.splits
+    blend, chosen = fit_blend(Oracle(cfg.model, splits.schema, 1), cfg.model, cfg.seed, splits.train, splits.val,
+                              64, "cpu")  # fmt: skip
+    labels = splits.val.labels_N.numpy()
+    wrong = (labels + 1) % 4
+    p_net = np.full((len(labels), 4), 1 / (np.exp(30) + 3))
+    p_net[np.arange(len(labels)), wrong] = np.exp(30) / (np.exp(30) + 3)
+    with torch.no_grad():
+        p_machines = torch.cat([blend.product(b) for b in splits.val.batches(64)]).numpy()
+    p_trees = result.model.predict(splits.val).probs_NC
+
+    def by_hand(w, v):
+        log_p = sum(a * np.log(np.clip(p, 1e-12, None)) for a, p in [(w, p_net), (v, p_machines), (1 - w - v, p_trees)])
+        p = np.exp(log_p - log_p.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    for w, v in [(0.5, 0.3), (0.2, 0.0), (0.0, 0.6)]:
+        expected = -np.log(by_hand(w, v)[np.arange(len(labels)), labels]).mean()
+        assert chosen["val_log_loss"][f"{w:.1f},{v:.1f}"] == pytest.approx(expected, rel=1e-6)
+    assert chosen["weight"] == 0.0  # the always-wrong network: any w > 0 lowers the true class's probability
+    blend.weight.fill_(0.5), blend.product_weight.fill_(0.3)
+    with torch.no_grad():
+        probs = torch.cat([blend(b).logits_BC.double().softmax(dim=1) for b in splits.val.batches(64)]).numpy()
+    np.testing.assert_allclose(probs, by_hand(0.5, 0.3), rtol=1e-5, atol=1e-7)
+
+
+def test_a_pool_needs_a_blend():
+    with pytest.raises(ConfigError, match="model.blend_pool=geometric pools a blend's members"):
+        load_config("configs/multimoe.yaml", ["model.blend_pool=geometric"])
+
+
+@pytest.fixture(scope="module", params=["linear", "geometric"])
+def blended_svm(request, tmp_path_factory) -> tuple[str, Path]:
     folder = tmp_path_factory.mktemp("blend_svm")
-    return train_run(folder, "multimoe", "model.blend=hgb+svm", "data.missing=mcar:0.4", "train.epochs=1"), folder
+    pool = f"model.blend_pool={request.param}"
+    return train_run(folder, "multimoe", "model.blend=hgb+svm", pool, "data.missing=mcar:0.4", "train.epochs=1"), folder
 
 
 def test_a_run_blended_with_the_machines_predicts_reloads_and_exports(blended_svm):
@@ -278,7 +318,11 @@ def test_a_run_blended_with_the_machines_predicts_reloads_and_exports(blended_sv
     for weights in [(1.0, 0.0), (0.0, 1.0), (0.0, 0.0)]:  # the network, the machines, the trees
         predictor.model.weight.fill_(weights[0]), predictor.model.product_weight.fill_(weights[1])
         parts.append(predictor.predict_proba(df))
-    np.testing.assert_allclose(probs, w * parts[0] + v * parts[1] + (1 - w - v) * parts[2], atol=1e-6)
+    if predictor.model.geometric:
+        pooled = parts[0] ** w * parts[1] ** v * parts[2] ** (1 - w - v)
+        np.testing.assert_allclose(probs, pooled / pooled.sum(axis=1, keepdims=True), atol=1e-6)
+    else:
+        np.testing.assert_allclose(probs, w * parts[0] + v * parts[1] + (1 - w - v) * parts[2], atol=1e-6)
     opened = open_run(run)  # the reloaded run evaluates as the run did
     assert evaluate(opened.model, opened.splits.test)["overall"] == summary["test"]["overall"]
     code, _, err = cli("export", run, "--format", "onnx", "--out", str(folder / "model.onnx"))
