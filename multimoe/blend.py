@@ -40,6 +40,8 @@ import warnings
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
+from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 from torch import Tensor, nn
 
@@ -181,18 +183,7 @@ class Product(_Fitted):
                 continue
             var = x.var()
             gamma = 1.0 / (x.shape[1] * var) if var > 0 else 1.0
-            with warnings.catch_warnings():  # SVC's probability=True: deprecated in scikit-learn 1.9, gone in 1.11
-                warnings.simplefilter("ignore", FutureWarning)
-                try:
-                    svm = SVC(C=SVM_C, gamma=gamma, probability=True, random_state=seed).fit(x, y)
-                except TypeError:  # no such parameter
-                    svm = None
-                if not hasattr(svm, "probA_"):
-                    raise ConfigError(
-                        "model.blend=hgb+svm reads Platt's A and B from scikit-learn's SVC(probability=True), which "
-                        "this scikit-learn no longer has: install scikit-learn<1.11"
-                    )
-                arrays = svm_arrays(svm, gamma)
+            arrays = _fit_machine(x, y, gamma, seed)
             for key, value in arrays.items():
                 setattr(self, f"{key}{i}", torch.from_numpy(value))
         return self
@@ -229,15 +220,74 @@ class Product(_Fitted):
         return (q_BK @ seen_KC + FLOOR * (1 - seen_KC.sum(dim=0))).clamp(min=FLOOR)
 
 
+def _fit_machine(x: np.ndarray, y: np.ndarray, gamma: float, seed: int) -> dict[str, np.ndarray]:
+    """One modality's machine: scikit-learn's SVC with Platt's A and B from its ``probability=True`` (libsvm's
+    cross-validation), or where that parameter is gone (scikit-learn >= 1.11) the same procedure done here
+    (``platt_from_folds``)."""
+    with warnings.catch_warnings():  # SVC's probability=True: deprecated in scikit-learn 1.9, gone in 1.11
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            svm = SVC(C=SVM_C, gamma=gamma, probability=True, random_state=seed)
+        except TypeError:  # no such parameter
+            svm = SVC(C=SVM_C, gamma=gamma, random_state=seed).fit(x, y)
+            return svm_arrays(svm, gamma, platt_from_folds(x, y, gamma, seed))
+        return svm_arrays(svm.fit(x, y), gamma)
+
+
+def platt_from_folds(x: np.ndarray, y: np.ndarray, gamma: float, seed: int, folds: int = 5) -> np.ndarray:
+    """P x 2 Platt (A, B) of each one-vs-one pair, as libsvm fits them for ``probability=True``: the machine's
+    decision values on held-out rows (``folds`` stratified folds; each fold's machine fit on the others), then per pair
+    (a, b) the sigmoid 1 / (1 + exp(A f + B)) of the rows of a and b fit to Platt's targets (``platt``). A pair with
+    no held-out value (a class of one row) gets A = B = 0: probability 1/2."""
+    classes = np.unique(y)
+    k, labels = len(classes), np.searchsorted(classes, y)
+    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    held_out = np.full((len(y), len(pairs)), np.nan)  # a pair's value where the fold's machine lacks one of its classes
+    splits = min(folds, int(np.bincount(labels).max()))
+    held_out_folds = StratifiedKFold(splits, shuffle=True, random_state=seed).split(x, labels) if splits > 1 else ()
+    for fit_rows, rows in held_out_folds:
+        known = np.unique(labels[fit_rows])
+        if len(known) < 2:
+            continue
+        machine = SVC(C=SVM_C, gamma=gamma, decision_function_shape="ovo", random_state=seed)
+        values = machine.fit(x[fit_rows], labels[fit_rows]).decision_function(x[rows]).reshape(len(rows), -1)
+        values = -values if len(known) == 2 else values  # libsvm's sign (scikit-learn flips the binary machine's)
+        known_pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1 :]]
+        held_out[np.ix_(rows, [pairs.index(pair) for pair in known_pairs])] = values
+    ab = np.zeros((len(pairs), 2))
+    for p, (a, b) in enumerate(pairs):
+        rows = ((labels == a) | (labels == b)) & ~np.isnan(held_out[:, p])
+        ab[p] = platt(held_out[rows, p], labels[rows] == a) if rows.any() else (0.0, 0.0)  # none: 1/2
+    return ab
+
+
+def platt(f: np.ndarray, first: np.ndarray) -> tuple[float, float]:
+    """Platt's (A, B) for decision values ``f`` whose rows belong to a pair's first class where ``first``: the
+    minimiser of the cross-entropy of 1 / (1 + exp(A f + B)) against Platt's targets, (n1 + 1) / (n1 + 2) for the
+    first class's rows and 1 / (n0 + 2) for the others (Platt 1999; Lin, Lin and Weng 2007)."""
+    n1, n0 = int(first.sum()), int((~first).sum())
+    target = np.where(first, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
+
+    def loss(ab: np.ndarray) -> tuple[float, np.ndarray]:
+        z = ab[0] * f + ab[1]  # p = sigmoid(-z), the first class's probability
+        value = (target * np.logaddexp(0, z) + (1 - target) * np.logaddexp(0, -z)).sum()
+        grad_z = 1 / (1 + np.exp(-z)) - (1 - target)
+        return float(value), np.array([(grad_z * f).sum(), grad_z.sum()])
+
+    start = np.array([0.0, np.log((n0 + 1) / (n1 + 1))])
+    a, b = minimize(loss, start, jac=True, method="L-BFGS-B", options={"gtol": 1e-10}).x
+    return float(a), float(b)
+
+
 def _inputs(x: Tensor, missing: Tensor) -> Tensor:
     """float64 standardised columns with 0 (the training mean) in missing cells."""
     return torch.where(missing, torch.zeros((), dtype=torch.float64), x.double())
 
 
-def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
+def svm_arrays(svm: SVC, gamma: float, platt_ab: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """A fitted SVC's one-vs-one machines as dense arrays: for pair p = (a, b), a < b in scikit-learn's order,
     decision_p(x) = sum_s coef[p, s] K(x, sv_s) + intercept[p] (libsvm's sign: positive favours a), with Platt's
-    A and B; ``pair`` holds (a, b) as indices into ``classes``."""
+    A and B (the SVC's, or ``platt_ab``'s P x 2); ``pair`` holds (a, b) as indices into ``classes``."""
     k, sv = len(svm.classes_), svm.support_vectors_.astype(np.float64)
     starts = np.concatenate([[0], np.cumsum(svm.n_support_)])
     dual, intercept = svm.dual_coef_, svm.intercept_
@@ -249,7 +299,8 @@ def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
         coef[p, starts[a] : starts[a + 1]] = dual[b - 1, starts[a] : starts[a + 1]]
         coef[p, starts[b] : starts[b + 1]] = dual[a, starts[b] : starts[b + 1]]
     return {"sv": sv, "coef": coef, "intercept": np.asarray(intercept, dtype=np.float64),
-            "prob_a": np.asarray(svm.probA_, dtype=np.float64), "prob_b": np.asarray(svm.probB_, dtype=np.float64),
+            "prob_a": np.asarray(svm.probA_ if platt_ab is None else platt_ab[:, 0], dtype=np.float64),
+            "prob_b": np.asarray(svm.probB_ if platt_ab is None else platt_ab[:, 1], dtype=np.float64),
             "gamma": np.asarray(gamma, dtype=np.float64), "pair": np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
             "classes": np.asarray(svm.classes_, dtype=np.int64)}  # fmt: skip
 
