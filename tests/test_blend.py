@@ -151,6 +151,18 @@ needs_svc_probability = pytest.mark.skipif(
 )
 
 
+def patients_splits(tmp_path, classes: int):
+    """The training and test splits of a one-epoch run on ``patients`` with ``classes`` classes, mcar:0.4."""
+    df = patients(240)
+    df["y"] %= classes
+    spec = write_table(tmp_path, df)
+    code, out, err = cli("train", "configs/multimoe.yaml", f"data.spec={spec}", f"out_dir={tmp_path / 'runs'}", *TINY,
+                         "train.epochs=1", "data.missing=mcar:0.4")  # fmt: skip
+    assert code == 0, err
+    splits = open_run(json.loads(out.splitlines()[-1])["run_dir"]).splits
+    return splits.train, splits.test
+
+
 @needs_svc_probability
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the refit SVC's probability=True: deprecated in scikit-learn 1.9
 @pytest.mark.parametrize("classes", [2, 3])
@@ -162,14 +174,7 @@ def test_the_machines_are_scikit_learns_svms(classes, tmp_path):
     iterative coupling agrees with the closed form on the most probable class of nearly every row."""
     from multimoe.blend import SVM_C, Product
 
-    df = patients(240)
-    df["y"] %= classes
-    spec = write_table(tmp_path, df)
-    code, out, err = cli("train", "configs/multimoe.yaml", f"data.spec={spec}", f"out_dir={tmp_path / 'runs'}", *TINY,
-                         "train.epochs=1", "data.missing=mcar:0.4")  # fmt: skip
-    assert code == 0, err
-    run = open_run(json.loads(out.splitlines()[-1])["run_dir"])
-    train_data, test_data = run.splits.train, run.splits.test
+    train_data, test_data = patients_splits(tmp_path, classes)
     product = Product(train_data.schema).fit(train_data, seed=3)
     agree = []
     for i, name in enumerate(train_data.schema.modalities):
@@ -222,14 +227,7 @@ def test_without_svc_probabilities_the_machines_fit_platt_themselves(classes, tm
             raise TypeError("SVC.__init__() got an unexpected keyword argument 'probability'")
         return SVC(**kwargs)
 
-    df = patients(240)
-    df["y"] %= classes
-    spec = write_table(tmp_path, df)
-    code, out, err = cli("train", "configs/multimoe.yaml", f"data.spec={spec}", f"out_dir={tmp_path / 'runs'}", *TINY,
-                         "train.epochs=1", "data.missing=mcar:0.4")  # fmt: skip
-    assert code == 0, err
-    run = open_run(json.loads(out.splitlines()[-1])["run_dir"])
-    train_data, test_data = run.splits.train, run.splits.test
+    train_data, test_data = patients_splits(tmp_path, classes)
     reference = Product(train_data.schema).fit(train_data, seed=3)
     other_folds = Product(train_data.schema).fit(train_data, seed=4)
     monkeypatch.setattr(multimoe.blend, "SVC", no_probability)
