@@ -95,7 +95,7 @@ def test_digest_leaves_out_added_keys_at_their_default():
         "model.baseline_image",
     }  # issue 14's keys (tests/test_kinds_training.py)
     peers = {"data.complete_cases", "model.i2moe", "model.confsmoe", "model.retriever", "model.pool_rows"}  # issue 18
-    ours = {"model.members", "model.encoder.periodic", "model.blend"}  # issue 15
+    ours = {"model.members", "model.encoder.periodic", "model.blend", "model.blend_pool"}  # issue 15
     not_switches = {"model.moe.expert_parallel"} | kinds | peers | ours  # added keys that are no public-code switch
     assert set(SWITCHES) - {"model.moe.gate_loss.balance_exclude"} == set(ADDED_KEYS) - not_switches  # the older one
     base = load_config(None)
