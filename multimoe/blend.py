@@ -202,9 +202,7 @@ class Product(_Fitted):
     def decisions(self, i: int, x_BF: Tensor) -> Tensor:
         """B x P one-vs-one decision values of modality ``i``'s machine (libsvm's sign: positive favours a pair's
         first class)."""
-        sv_SF, coef_PS, intercept_P = getattr(self, f"sv{i}"), getattr(self, f"coef{i}"), getattr(self, f"intercept{i}")
-        d2_BS = (x_BF**2).sum(dim=1, keepdim=True) + (sv_SF**2).sum(dim=1) - 2 * x_BF @ sv_SF.T
-        return (-getattr(self, f"gamma{i}") * d2_BS.clamp(min=0)).exp() @ coef_PS.T + intercept_P
+        return decisions(x_BF, *(getattr(self, f"{key}{i}") for key in ("sv", "coef", "intercept", "gamma")))
 
     def machine(self, i: int, x_BF: Tensor) -> Tensor:
         """B x C class probabilities of modality ``i``'s machine: Platt's pairwise probabilities, coupled."""
@@ -230,8 +228,11 @@ def _fit_machine(x: np.ndarray, y: np.ndarray, gamma: float, seed: int) -> dict[
             svm = SVC(C=SVM_C, gamma=gamma, probability=True, random_state=seed)
         except TypeError:  # no such parameter
             svm = SVC(C=SVM_C, gamma=gamma, random_state=seed).fit(x, y)
-            return svm_arrays(svm, gamma, platt_from_folds(x, y, gamma, seed))
-        return svm_arrays(svm.fit(x, y), gamma)
+            ab = platt_from_folds(x, y, gamma, seed)
+        else:
+            svm.fit(x, y)
+            ab = np.stack([svm.probA_, svm.probB_], axis=1)
+    return {**svm_arrays(svm, gamma), "prob_a": ab[:, 0].astype(np.float64), "prob_b": ab[:, 1].astype(np.float64)}
 
 
 def platt_from_folds(x: np.ndarray, y: np.ndarray, gamma: float, seed: int, folds: int = 5) -> np.ndarray:
@@ -249,11 +250,10 @@ def platt_from_folds(x: np.ndarray, y: np.ndarray, gamma: float, seed: int, fold
         known = np.unique(labels[fit_rows])
         if len(known) < 2:
             continue
-        machine = SVC(C=SVM_C, gamma=gamma, decision_function_shape="ovo", random_state=seed)
-        values = machine.fit(x[fit_rows], labels[fit_rows]).decision_function(x[rows]).reshape(len(rows), -1)
-        values = -values if len(known) == 2 else values  # libsvm's sign (scikit-learn flips the binary machine's)
-        known_pairs = [(a, b) for i, a in enumerate(known) for b in known[i + 1 :]]
-        held_out[np.ix_(rows, [pairs.index(pair) for pair in known_pairs])] = values
+        machine = svm_arrays(SVC(C=SVM_C, gamma=gamma, random_state=seed).fit(x[fit_rows], labels[fit_rows]), gamma)
+        arrays = (torch.from_numpy(machine[key]) for key in ("sv", "coef", "intercept", "gamma"))
+        columns = [pairs.index(tuple(pair)) for pair in known[machine["pair"]]]  # its pairs among all classes'
+        held_out[np.ix_(rows, columns)] = decisions(torch.from_numpy(x[rows]), *arrays).numpy()
     ab = np.zeros((len(pairs), 2))
     for p, (a, b) in enumerate(pairs):
         rows = ((labels == a) | (labels == b)) & ~np.isnan(held_out[:, p])
@@ -279,15 +279,21 @@ def platt(f: np.ndarray, first: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def decisions(x_BF: Tensor, sv_SF: Tensor, coef_PS: Tensor, intercept_P: Tensor, gamma: Tensor) -> Tensor:
+    """B x P one-vs-one decision values of the machine ``svm_arrays`` describes (libsvm's sign)."""
+    d2_BS = (x_BF**2).sum(dim=1, keepdim=True) + (sv_SF**2).sum(dim=1) - 2 * x_BF @ sv_SF.T
+    return (-gamma * d2_BS.clamp(min=0)).exp() @ coef_PS.T + intercept_P
+
+
 def _inputs(x: Tensor, missing: Tensor) -> Tensor:
     """float64 standardised columns with 0 (the training mean) in missing cells."""
     return torch.where(missing, torch.zeros((), dtype=torch.float64), x.double())
 
 
-def svm_arrays(svm: SVC, gamma: float, platt_ab: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
     """A fitted SVC's one-vs-one machines as dense arrays: for pair p = (a, b), a < b in scikit-learn's order,
-    decision_p(x) = sum_s coef[p, s] K(x, sv_s) + intercept[p] (libsvm's sign: positive favours a), with Platt's
-    A and B (the SVC's, or ``platt_ab``'s P x 2); ``pair`` holds (a, b) as indices into ``classes``."""
+    decision_p(x) = sum_s coef[p, s] K(x, sv_s) + intercept[p] (libsvm's sign: positive favours a; ``decisions``);
+    ``pair`` holds (a, b) as indices into ``classes``."""
     k, sv = len(svm.classes_), svm.support_vectors_.astype(np.float64)
     starts = np.concatenate([[0], np.cumsum(svm.n_support_)])
     dual, intercept = svm.dual_coef_, svm.intercept_
@@ -299,8 +305,6 @@ def svm_arrays(svm: SVC, gamma: float, platt_ab: np.ndarray | None = None) -> di
         coef[p, starts[a] : starts[a + 1]] = dual[b - 1, starts[a] : starts[a + 1]]
         coef[p, starts[b] : starts[b + 1]] = dual[a, starts[b] : starts[b + 1]]
     return {"sv": sv, "coef": coef, "intercept": np.asarray(intercept, dtype=np.float64),
-            "prob_a": np.asarray(svm.probA_ if platt_ab is None else platt_ab[:, 0], dtype=np.float64),
-            "prob_b": np.asarray(svm.probB_ if platt_ab is None else platt_ab[:, 1], dtype=np.float64),
             "gamma": np.asarray(gamma, dtype=np.float64), "pair": np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
             "classes": np.asarray(svm.classes_, dtype=np.int64)}  # fmt: skip
 
