@@ -49,7 +49,6 @@ from multimoe.baselines import HGB
 from multimoe.batch import Batch
 from multimoe.config import ConfigError, ModelConfig
 from multimoe.data.dataset import DataSchema, MultimodalData
-from multimoe.evaluate import predict
 from multimoe.model import ModelOutput, build_model
 
 WEIGHTS = tuple(i / 10 for i in range(11))  # the network's weights w tried on validation
@@ -242,7 +241,7 @@ def platt_from_folds(x: np.ndarray, y: np.ndarray, gamma: float, seed: int, fold
     no held-out value (a class of one row) gets A = B = 0: probability 1/2."""
     classes = np.unique(y)
     k, labels = len(classes), np.searchsorted(classes, y)
-    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    pairs = one_vs_one(k)
     held_out = np.full((len(y), len(pairs)), np.nan)  # a pair's value where the fold's machine lacks one of its classes
     splits = min(folds, int(np.bincount(labels).max()))
     held_out_folds = StratifiedKFold(splits, shuffle=True, random_state=seed).split(x, labels) if splits > 1 else ()
@@ -290,6 +289,11 @@ def _inputs(x: Tensor, missing: Tensor) -> Tensor:
     return torch.where(missing, torch.zeros((), dtype=torch.float64), x.double())
 
 
+def one_vs_one(k: int) -> list[tuple[int, int]]:
+    """The pairs (a, b), a < b, of ``k`` classes in libsvm's (and scikit-learn's) order."""
+    return [(a, b) for a in range(k) for b in range(a + 1, k)]
+
+
 def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
     """A fitted SVC's one-vs-one machines as dense arrays: for pair p = (a, b), a < b in scikit-learn's order,
     decision_p(x) = sum_s coef[p, s] K(x, sv_s) + intercept[p] (libsvm's sign: positive favours a; ``decisions``);
@@ -299,7 +303,7 @@ def svm_arrays(svm: SVC, gamma: float) -> dict[str, np.ndarray]:
     dual, intercept = svm.dual_coef_, svm.intercept_
     if k == 2:  # scikit-learn flips the binary machine's sign (positive favours the second class); libsvm's is kept
         dual, intercept = -dual, -intercept
-    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    pairs = one_vs_one(k)
     coef = np.zeros((len(pairs), len(sv)))
     for p, (a, b) in enumerate(pairs):
         coef[p, starts[a] : starts[a + 1]] = dual[b - 1, starts[a] : starts[a + 1]]
@@ -367,12 +371,17 @@ def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: Multimodal
         product.fit(train, seed)
     blend = Blend(network, trees, product=product, geometric=cfg.blend_pool == "geometric").to(device)
     labels_N = val.labels_N
-    p_net = torch.from_numpy(predict(network, val, batch_size, device).probs_NC.astype(np.float64))
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():  # in float64, as the blend's forward pass reads the members
+        batches = [b.to(device) for b in val.batches(batch_size)]
+        p_net = torch.cat([network(b).logits_BC.double().softmax(dim=1).cpu() for b in batches])
+        p_product = torch.cat([blend.product(b).cpu() for b in batches]) if product is not None else None
+    network.train(was_training)
     p_trees = torch.from_numpy(hgb.predict(val).probs_NC)  # the torch trees' (to 1e-12), without a network pass
-    p_product, svm_weights = torch.zeros_like(p_trees), (0.0,)
-    if product is not None:
-        with torch.no_grad():
-            p_product = torch.cat([blend.product(b.to(device)).cpu() for b in val.batches(batch_size)])
+    if p_product is None:
+        p_product, svm_weights = torch.zeros_like(p_trees), (0.0,)
+    else:
         svm_weights = WEIGHTS
     losses = {}
     for w in WEIGHTS:
