@@ -328,6 +328,25 @@ class Blend(nn.Module):
         if product is not None:
             self.register_buffer("product_weight", torch.tensor(float(product_weight), dtype=torch.float64))
 
+    def costs(self, network: dict) -> dict:
+        """``network``'s costs (``cost.model_costs``) with the fitted members added, as the baselines count theirs
+        (sizes: not comparable to neural parameters): parameters and active parameters + the trees' nodes + the
+        machines' stored numbers (support vectors, coefficients, intercepts, Platt's A and B); inference FLOPs per
+        sample + one comparison per tree and level ``Trees.forward`` walks + per machine its two matrix products
+        (2 S F with the support vectors, 2 P S with the coefficients; every modality present). Training FLOPs stay
+        the network's: the members are fit by scikit-learn, not by gradient steps."""
+        size = self.trees.is_leaf.numel()
+        flops = self.trees.tree_start.numel() * self.trees.depth
+        if self.product is not None:
+            for i in range(len(self.product.modalities)):
+                arrays = {key: getattr(self.product, f"{key}{i}") for key in ("sv", "coef", "intercept", "prob_a",
+                                                                               "prob_b")}  # fmt: skip
+                size += sum(a.numel() for a in arrays.values())
+                flops += 2 * arrays["sv"].numel() + 2 * arrays["coef"].numel()
+        return {**network, "parameters": network["parameters"] + size,
+                "active_parameters": network["active_parameters"] + size,
+                "flops_per_sample": network["flops_per_sample"] + flops}  # fmt: skip
+
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.network(batch)
         members = [(self.weight, out.logits_BC.double().softmax(dim=1))]

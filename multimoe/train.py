@@ -133,6 +133,7 @@ def _train(cfg: Config, table: Table | None, splits: Splits | None, ctx: Context
     ctx.restore(lambda m, o: load_checkpoint(folder.best, m, expect_model_config=meta["config"]["model"]), model)
     if cfg.model.blend != "none":
         model = _blend(model, cfg, splits, folder, notes, device, ctx)
+        costs = model.costs(costs)
     return run.finish(model, progress, costs)
 
 

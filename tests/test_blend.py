@@ -50,16 +50,21 @@ def test_the_trees_give_gradient_boostings_probabilities(classes, tmp_path):
         np.testing.assert_allclose(trees_probs(run.model, data), hgb.predict(data).probs_NC, atol=1e-12, rtol=0)
 
 
-def test_a_hand_made_forest():
+def hand_made_forest() -> Trees:
     """Two trees on a binary task: a stump on modality b's column (x <= 0.5 left, as scikit-learn splits; NaN, from
-    a missing cell or an absent modality, right) and a lone leaf; raw score 0.25 + leaf values, then the logistic."""
+    a missing cell or an absent modality, right) and a lone leaf; raw score 0.25 + leaf values."""
     schema = DataSchema(("a", "b"), (1, 1), ("no", "yes"))
     arrays = {"baseline": np.array([0.25]), "tree_start": np.array([0, 3]), "feature": np.array([1, 0, 0, 0]),
               "threshold": np.array([0.5, 0, 0, 0]), "missing_left": np.zeros(4, dtype=bool),
               "left": np.array([1, 0, 0, 0]), "right": np.array([2, 0, 0, 0]),
               "is_leaf": np.array([False, True, True, True]), "value": np.array([0.0, -1.0, 2.0, 0.5]),
               "classes": np.array([0, 1])}  # fmt: skip
-    trees = Trees(schema).set_arrays(arrays)
+    return Trees(schema).set_arrays(arrays)
+
+
+def test_a_hand_made_forest():
+    """``hand_made_forest``'s probabilities: the logistic of 0.25 + the two trees' leaf values."""
+    trees = hand_made_forest()
     assert trees.depth == 1
     b = torch.tensor([[0.5], [0.7], [0.0], [0.0], [-3.0]])
     present = torch.tensor([[True, True]] * 3 + [[True, False], [True, True]])
@@ -283,6 +288,28 @@ def test_a_hand_made_product_of_machines():
     np.testing.assert_allclose(product(batch).numpy(), expected, rtol=1e-9, atol=0)
 
 
+def test_a_blends_costs_count_its_fitted_members():
+    """The hand-made forest: 4 nodes, 2 trees walked 1 level (2 comparisons). The hand-made machines: a holds one
+    2-column support vector, 3 pairs (coefficients 3 x 1, intercepts, A and B: 3 each), 2 + 3 x 4 = 14 numbers and
+    2 x 2 + 2 x 3 = 10 FLOPs; b one support vector and 1 pair, 2 + 4 = 6 numbers and 2 x 2 + 2 x 1 = 6 FLOPs. The
+    network's own training FLOPs stay as they are."""
+    from multimoe.blend import Blend
+
+    product = hand_made_product()
+    network = Oracle(None, DataSchema(("a", "b"), (2, 2), ("x", "y", "z")), 0)
+    costs = Blend(network, hand_made_forest(), product=product).costs(
+        {"parameters": 100, "active_parameters": 60, "flops_per_sample": 1000, "train_flops_per_sample": 3000}
+    )
+    assert costs == {"parameters": 124, "active_parameters": 84, "flops_per_sample": 1018,
+                     "train_flops_per_sample": 3000}  # fmt: skip
+    assert (
+        Blend(network, hand_made_forest()).costs(
+            {"parameters": 100, "active_parameters": 60, "flops_per_sample": 1000}
+        )["flops_per_sample"]
+        == 1002
+    )
+
+
 @pytest.mark.parametrize("shift,weight", [(0, 1.0), (1, 0.0)])
 def test_the_three_weights_are_validations_choice(shift, weight, tmp_path):
     """With the machines as a third member: a network that is always right takes all the weight; one that is always
@@ -376,6 +403,9 @@ def test_a_run_blended_with_the_machines_predicts_reloads_and_exports(blended_sv
         np.testing.assert_allclose(probs, w * parts[0] + v * parts[1] + (1 - w - v) * parts[2], atol=1e-6)
     opened = open_run(run)  # the reloaded run evaluates as the run did
     assert evaluate(opened.model, opened.splits.test)["overall"] == summary["test"]["overall"]
+    network = sum(p.numel() for p in predictor.model.network.parameters())  # the sizes count every member
+    members = predictor.model.costs({"parameters": 0, "active_parameters": 0, "flops_per_sample": 0})["parameters"]
+    assert summary["parameters"] == network + members and members > predictor.model.trees.is_leaf.numel() > 0
     code, _, err = cli("export", run, "--format", "onnx", "--out", str(folder / "model.onnx"))
     assert code == 0, err
     assert check_every_combination(run, folder / "model.onnx") >= 5
