@@ -208,3 +208,30 @@ def test_an_ensembles_report_names_each_members_layers(tmp_path):
     assert summary["MoE layers"] == "4 (2 members)"
     doc, _ = render_html(frames)
     assert "(member 1, MoE layer 0)" in doc and "(member 0, MoE layer 1)" in doc
+
+
+def test_an_ensembles_report_tests_each_members_bank(tmp_path):
+    """model.members=2: each member has its own bank, initialised from its own draws. The bank frames list both
+    members; member 1's pairs are those of its own bank against its own rebuilt initialisation (member 0's
+    initial bank would give other updates), and the page says which member the figures show."""
+    from multimoe.model import build_model
+    from multimoe.report.bank import bank_pairs
+
+    run_dir = train(tiny_config(tmp_path, "train.epochs=1", "model.members=2")).run_dir
+    frames = routing_report_frames(run_dir)
+    assert list(frames["bank_claim"]["member"]) == [0, 0, 0, 1, 1, 1]
+    assert list(frames["bank_claim"]["fill"]) == ["trained", "init", "update"] * 2
+    run = open_run(run_dir)
+    torch.manual_seed(run.cfg.seed)
+    built = build_model(run.cfg.model, run.splits.schema)  # as train builds it: member 0's draws, then member 1's
+    train_count_S = np.bincount(run.splits.train.combo_N.numpy(), minlength=7)  # 3 modalities: 7 combinations
+    modalities = run.splits.schema.modalities
+    bank_1 = run.model.members[1].fill.bank_SMPD.detach().numpy()
+    for init, same in ((built.members[1], True), (built.members[0], False)):
+        expected = bank_pairs(bank_1, modalities, train_count_S, init.fill.bank_SMPD.detach().numpy())
+        ours = frames["bank_pairs"][frames["bank_pairs"]["member"] == 1].drop(columns="member")
+        assert np.allclose(ours["cosine_update"], expected["cosine_update"]) == same
+    rows = frames["bank_rows"]
+    assert set(rows["member"]) == {0, 1} and (rows.loc[rows["train_samples"] > 0, "relative_update"] > 0).all()
+    doc, _ = render_html(frames)
+    assert "the figures and the summary show member 0" in doc and "Spearman (update) of every member" in doc

@@ -255,7 +255,11 @@ def metrics_bars(metrics: pd.DataFrame, by_size: pd.DataFrame, title: str) -> by
 
 def drift_plot(drift: pd.DataFrame, epochs: pd.DataFrame, best_epoch: int | None, select: str) -> bytes:
     """Validation routing over training epochs: load CV, own-expert gate share, usage entropy per modality, and the
-    validation metric; the dashed line marks the epoch whose weights the report evaluates."""
+    validation metric; the dashed line marks the epoch whose weights the report evaluates. Of an ensemble (a
+    ``member`` column), member 0's layers: every member's would crowd the panels (the frame holds them all)."""
+    members = drift["member"].nunique() if "member" in drift else 1
+    if members > 1:
+        drift = drift[drift["member"] == 0]
     panels = [s for s in ("load_cv", "own_weight", "usage_entropy") if (drift["stat"] == s).any()]
     has_val = not epochs.empty and f"val_{select}" in epochs
     n = len(panels) + int(has_val)
@@ -282,7 +286,8 @@ def drift_plot(drift: pd.DataFrame, epochs: pd.DataFrame, best_epoch: int | None
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_epoch is not None:
             ax.axvline(best_epoch, color="gray", ls="--", lw=0.8)
+    whose = f", member 0 of {members}" if members > 1 else ""
     fig.suptitle(
-        "Routing drift on the validation split (dashed: the best epoch, evaluated in this report)", fontsize=10
+        f"Routing drift on the validation split{whose} (dashed: the best epoch, evaluated in this report)", fontsize=10
     )
     return to_png(fig)

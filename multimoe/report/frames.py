@@ -42,28 +42,37 @@ def network(run: OpenRun) -> torch.nn.Module:
     return getattr(run.model, "network", run.model)
 
 
-def initial_bank(run: OpenRun) -> np.ndarray | None:
-    """The run's bank at initialisation, rebuilt from its seed as ``train`` builds the model; None when the rows
-    training never reads differ from it (then it is not the run's initialisation)."""
+def bank_networks(run: OpenRun) -> list[torch.nn.Module]:
+    """The networks whose banks the report reads: the run's network, or an ensemble's members (model.members)."""
+    net = network(run)
+    return list(net.members) if run.cfg.model.members > 1 else [net]
+
+
+def initial_banks(run: OpenRun) -> list[np.ndarray | None]:
+    """Per network of ``bank_networks``, its bank at initialisation, rebuilt from the run's seed as ``train`` builds
+    the model (an ensemble's members one after the other); None where the rows training never reads differ from it
+    (then it is not the run's initialisation)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.cfg.seed)
-        init = build_model(run.cfg.model, run.splits.schema).fill.bank_SMPD.detach().numpy()
-    trained = network(run).fill.bank_SMPD.detach().cpu().numpy()
-    return init if never_read_unchanged(trained, init, run.splits.schema.num_modalities) else None
+        built = build_model(run.cfg.model, run.splits.schema)
+    M = run.splits.schema.num_modalities
+    inits = []
+    for net, fresh in zip(bank_networks(run), list(built.members) if run.cfg.model.members > 1 else [built]):
+        trained, init = net.fill.bank_SMPD.detach().cpu().numpy(), fresh.fill.bank_SMPD.detach().numpy()
+        inits.append(init if never_read_unchanged(trained, init, M) else None)
+    return inits
 
 
 def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> dict[str, pd.DataFrame]:
+    """The bank frames of ``bank``; an ensemble's carry a ``member`` column (0-based, as the routing frames')."""
     empty = {k: pd.DataFrame() for k in ("bank_pairs", "bank_claim", "bank_by_shared", "bank_rows")}
-    if run.cfg.model.members > 1:
-        notes.append(f"an ensemble of {run.cfg.model.members} models (model.members): no bank similarity per member")
-        return empty
-    if not isinstance(getattr(network(run), "fill", None), BankFill):
+    nets = bank_networks(run)
+    if not isinstance(getattr(nets[0], "fill", None), BankFill):
         notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
         return empty
     modalities = run.splits.schema.modalities
-    bank = network(run).fill.bank_SMPD.detach().cpu().numpy()
-    init = initial_bank(run)
-    if init is None:
+    inits = initial_banks(run)
+    if any(init is None for init in inits):
         notes.append("the bank's initialisation could not be rebuilt exactly (e.g. weight decay): no init baseline")
     seen_S = train_count_S > 0
     S = len(train_count_S)
@@ -77,13 +86,23 @@ def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> d
             f"({listed} in training: {', '.join(names)}); the rows of the others are never read and stay at their "
             "N(0, 1) initialisation"
         )
-    pairs = bank_pairs(bank, modalities, train_count_S, init)
-    if pairs.empty:
+    if len(nets) > 1:
+        notes.append(f"an ensemble of {len(nets)} models (model.members): one bank per member, each tested on its own")
+    per_member = []
+    for net, init in zip(nets, inits):
+        bank = net.fill.bank_SMPD.detach().cpu().numpy()
+        pairs = bank_pairs(bank, modalities, train_count_S, init)
+        per_member.append({"bank_pairs": pairs, **claim_frames(pairs, BOOTSTRAP_RESAMPLES, seed=run.cfg.seed),
+                           "bank_rows": bank_rows(bank, modalities, train_count_S, init)})  # fmt: skip
+    if per_member[0]["bank_pairs"].empty:
         notes.append("no two trained combinations lack the same modality: the bank-similarity claim cannot be tested")
+    if len(nets) == 1:
+        return per_member[0]
     return {
-        "bank_pairs": pairs,
-        **claim_frames(pairs, BOOTSTRAP_RESAMPLES, seed=run.cfg.seed),
-        "bank_rows": bank_rows(bank, modalities, train_count_S, init),
+        name: pd.concat([f[name].assign(member=i) for i, f in enumerate(per_member)], ignore_index=True)[
+            ["member", *per_member[0][name].columns]
+        ]
+        for name in empty
     }
 
 

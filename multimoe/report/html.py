@@ -283,7 +283,12 @@ def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list
         "learned; <b>update</b>: trained minus initial, what training wrote into the bank."
     )
     page.table(claim, "bank_claim")
-    page.figure("bank_similarity", figs.bank_similarity_plot(pairs, claim, frames["bank_by_shared"]), "bank similarity")
+    by_shared, rows = frames["bank_by_shared"], frames["bank_rows"]
+    if "member" in claim:  # an ensemble: every member in the tables, the first one's in the figures
+        page.p(f"An ensemble of {claim['member'].nunique()} members, each with its own bank: the tables list every "
+               "member, the figures and the summary show member 0.")  # fmt: skip
+        pairs, claim, by_shared = (f[f["member"] == 0] for f in (pairs, claim, by_shared))
+    page.figure("bank_similarity", figs.bank_similarity_plot(pairs, claim, by_shared), "bank similarity")
     page.table(frames["bank_by_shared"], "bank_by_shared")
     fill = "update" if "cosine_update" in pairs else "trained"
     page.p(
@@ -293,7 +298,6 @@ def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list
         "updates show what training wrote."
     )
     page.figure("bank_matrices", figs.bank_matrices(pairs, modalities, fill), f"bank cosine matrices ({fill})")
-    rows = frames["bank_rows"]
     if "relative_update" in rows:
         read = rows[rows["train_samples"] > 0]
         page.p(
@@ -338,11 +342,18 @@ def highlights(frames: dict[str, pd.DataFrame]) -> list[str]:
                 out.append(f"Effective experts of {what} tokens per modality: {spread}.")
     claim = frames["bank_claim"]
     if not claim.empty:
-        c = claim.set_index("fill")
-        text = f"Bank similarity vs shared modalities, Spearman [95 % CI]: trained {_ci(c.loc['trained'], 'spearman')}"
+        members = "member" in claim
+        c = (claim[claim["member"] == 0] if members else claim).set_index("fill")
+        who = "member 0's bank" if members else "Bank"
+        text = f"{who} similarity vs shared modalities, Spearman [95 % CI]: trained {_ci(c.loc['trained'], 'spearman')}"
         if "update" in c.index:
             text += f"; init {_ci(c.loc['init'], 'spearman')}; update {_ci(c.loc['update'], 'spearman')}"
         out.append(text + f" ({int(c.loc['trained', 'pairs'])} pairs).")
+        if members:
+            fill = "update" if "update" in c.index else "trained"
+            each = claim[claim["fill"] == fill]
+            out.append(f"Spearman ({fill}) of every member: "
+                       + ", ".join(format_cell(v) for v in each["spearman"]) + ".")  # fmt: skip
     drift = frames["drift"]
     for stat, what in (("own_weight", "own-expert gate share"), ("load_cv", "load CV")):
         d = drift[(drift["stat"] == stat) & (drift["layer"] == 0)] if not drift.empty else drift
