@@ -392,11 +392,15 @@ def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: Multimodal
     labels_N = val.labels_N
     was_training = network.training
     network.eval()
+    nets, products = [], []
     with torch.no_grad():  # in float64, as the blend's forward pass reads the members
-        batches = [b.to(device) for b in val.batches(batch_size)]
-        p_net = torch.cat([network(b).logits_BC.double().softmax(dim=1).cpu() for b in batches])
-        p_product = torch.cat([blend.product(b).cpu() for b in batches]) if product is not None else None
+        for batch in val.batches(batch_size):
+            batch = batch.to(device)
+            nets.append(network(batch).logits_BC.double().softmax(dim=1).cpu())
+            if product is not None:
+                products.append(blend.product(batch).cpu())
     network.train(was_training)
+    p_net, p_product = torch.cat(nets), torch.cat(products) if products else None
     p_trees = torch.from_numpy(hgb.predict(val).probs_NC)  # the torch trees' (to 1e-12), without a network pass
     if p_product is None:
         p_product, svm_weights = torch.zeros_like(p_trees), (0.0,)

@@ -64,7 +64,8 @@ def initial_banks(run: OpenRun) -> list[np.ndarray | None]:
 
 
 def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> dict[str, pd.DataFrame]:
-    """The bank frames of ``bank``; an ensemble's carry a ``member`` column (0-based, as the routing frames')."""
+    """The bank-similarity frames (multimoe.report.bank) of the run's bank, or of each member's bank with a
+    ``member`` column (0-based, as the routing frames')."""
     empty = {k: pd.DataFrame() for k in ("bank_pairs", "bank_claim", "bank_by_shared", "bank_rows")}
     nets = bank_networks(run)
     if not isinstance(getattr(nets[0], "fill", None), BankFill):
