@@ -235,3 +235,26 @@ def test_an_ensembles_report_tests_each_members_bank(tmp_path):
     assert set(rows["member"]) == {0, 1} and (rows.loc[rows["train_samples"] > 0, "relative_update"] > 0).all()
     doc, _ = render_html(frames)
     assert "the figures and the summary show member 0" in doc and "Spearman (update) of every member" in doc
+
+
+def test_under_weight_decay_the_init_baseline_is_the_shrunk_initialisation(tmp_path):
+    """AdamW with weight decay 0.1 at lr 3e-3: the rows training never reads get no gradient, so every step shrinks
+    them by 1 - 3e-4 and nothing else moves them; after the best epoch's steps (ceil(train rows / 32) per epoch) the
+    report's init baseline is the rebuilt initialisation times (1 - 3e-4)^steps, and the note gives that factor."""
+    from multimoe.model import build_model
+
+    result = train(tiny_config(tmp_path, "train.optimizer=adamw", "train.weight_decay=0.1"))
+    frames = routing_report_frames(result.run_dir)
+    assert list(frames["bank_claim"]["fill"]) == ["trained", "init", "update"]
+    steps = result.best_epoch * math.ceil(len(result.splits.train) / 32)
+    factor = (1 - 3e-3 * 0.1) ** steps
+    notes = " ".join(str(v) for k, v in zip(frames["summary"]["item"], frames["summary"]["value"]) if "note" in k)
+    assert f"by a factor {factor:.4f}" in notes
+    run = open_run(result.run_dir)
+    torch.manual_seed(run.cfg.seed)
+    init = build_model(run.cfg.model, run.splits.schema).fill.bank_SMPD.detach().numpy().astype(np.float64)
+    trained = run.model.fill.bank_SMPD.detach().numpy().astype(np.float64)
+    rows = frames["bank_rows"].set_index(["index", "modality"])
+    c, m = int(rows.index[0][0]), run.splits.schema.modalities.index(rows.index[0][1])
+    v, v0 = trained[c, m].ravel(), factor * init[c, m].ravel()
+    assert rows["relative_update"].iloc[0] == pytest.approx(np.linalg.norm(v - v0) / np.linalg.norm(v0), rel=1e-4)

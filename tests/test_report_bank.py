@@ -1,6 +1,7 @@
 """Flex-MoE's bank-similarity claim (multimoe/report/bank.py) on constructed banks."""
 
 import numpy as np
+import pytest
 import torch
 
 from multimoe.batch import combinations
@@ -39,3 +40,21 @@ def test_bank_claim_without_pairs_is_undefined_not_an_error():
     assert pairs.empty and "cosine_update" in pairs
     claim = claim_frames(pairs)["bank_claim"]
     assert list(claim["pairs"]) == [0, 0, 0] and claim["spearman"].isna().all()
+
+
+def test_the_never_read_rows_factor():
+    """Two modalities: combinations (a, b), (a), (b); the never-read entries are bank[0, a], bank[0, b], bank[1, a]
+    and bank[2, b]. Scaled by 0.9 there (the read ones changed freely): f = 0.9; equal: exactly 1; one never-read
+    entry moved by 0.01 (beyond float32 rounding): None; an initial bank of zeros: None."""
+    from multimoe.report.bank import never_read_factor
+
+    init = np.random.default_rng(0).normal(size=(3, 2, 2, 4)).astype(np.float32)
+    trained = init * np.float32(0.9)
+    trained[1, 1] += 5.0  # read entries: bank[1, b] and bank[2, a]
+    trained[2, 0] -= 3.0
+    assert never_read_factor(trained, init, 2) == pytest.approx(0.9, abs=1e-7)
+    assert never_read_factor(init.copy(), init, 2) == 1.0
+    moved = trained.copy()
+    moved[2, 1, 0, 0] += 0.01
+    assert never_read_factor(moved, init, 2) is None
+    assert never_read_factor(trained, np.zeros_like(init), 2) is None

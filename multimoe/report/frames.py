@@ -21,7 +21,7 @@ from multimoe.evaluate import metrics_from_predictions, predict
 from multimoe.missing import BankFill
 from multimoe.model import build_model
 from multimoe.moe import MoE
-from multimoe.report.bank import bank_pairs, bank_rows, claim_frames, never_read_unchanged
+from multimoe.report.bank import bank_pairs, bank_rows, claim_frames, never_read_factor
 from multimoe.report.routing import RoutingTally, routing_drift, routing_frames
 from multimoe.runs.checkpoint import read_meta
 from multimoe.runs.reopen import OpenRun, open_run
@@ -48,10 +48,11 @@ def bank_networks(run: OpenRun) -> list[torch.nn.Module]:
     return list(net.members) if run.cfg.model.members > 1 else [net]
 
 
-def initial_banks(run: OpenRun) -> list[np.ndarray | None]:
+def initial_banks(run: OpenRun) -> list[tuple[np.ndarray, float] | None]:
     """Per network of ``bank_networks``, its bank at initialisation, rebuilt from the run's seed as ``train`` builds
-    the model (an ensemble's members one after the other); None where the rows training never reads differ from it
-    (then it is not the run's initialisation)."""
+    the model (an ensemble's members one after the other), times the factor by which weight decay shrank the rows
+    training never reads (``never_read_factor``), and that factor; None where no factor fits those rows (then it is
+    not the run's initialisation)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.cfg.seed)
         built = build_model(run.cfg.model, run.splits.schema)
@@ -59,7 +60,8 @@ def initial_banks(run: OpenRun) -> list[np.ndarray | None]:
     inits = []
     for net, fresh in zip(bank_networks(run), list(built.members) if run.cfg.model.members > 1 else [built]):
         trained, init = net.fill.bank_SMPD.detach().cpu().numpy(), fresh.fill.bank_SMPD.detach().numpy()
-        inits.append(init if never_read_unchanged(trained, init, M) else None)
+        f = never_read_factor(trained, init, M)
+        inits.append(None if f is None else (init * np.float32(f), f))
     return inits
 
 
@@ -72,9 +74,17 @@ def _bank_frames(run: OpenRun, train_count_S: np.ndarray, notes: list[str]) -> d
         notes.append(f"the model has no missing-modality bank (model.fill={run.cfg.model.fill}): no bank similarity")
         return empty
     modalities = run.splits.schema.modalities
-    inits = initial_banks(run)
-    if any(init is None for init in inits):
-        notes.append("the bank's initialisation could not be rebuilt exactly (e.g. weight decay): no init baseline")
+    rebuilt = initial_banks(run)
+    if any(r is None for r in rebuilt):
+        notes.append("the bank's initialisation could not be rebuilt (the rows training never reads are no multiple "
+                     "of it): no init baseline")  # fmt: skip
+    factors = [r[1] for r in rebuilt if r is not None]
+    if factors and min(factors) != 1:
+        low, high = f"{min(factors):.4f}", f"{max(factors):.4f}"
+        notes.append(f"weight decay shrank the bank rows training never reads by a factor {low}"
+                     + (f" to {high}" if high != low else "") + ": the init baseline is the rebuilt initialisation "
+                     "times it, so the update holds what the gradients wrote")  # fmt: skip
+    inits = [None if r is None else r[0] for r in rebuilt]
     seen_S = train_count_S > 0
     S = len(train_count_S)
     if seen_S.all():

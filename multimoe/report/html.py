@@ -279,7 +279,8 @@ def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list
         f"percentile bootstrap 95 % intervals ({int(claim['resamples'].iloc[0])} resamples of pairs). Pairs share bank "
         "rows, so these intervals are optimistic; the Mantel p-value (two-sided, fills permuted among the "
         "combinations lacking each modality) respects that dependence. <b>init</b>: the same bank at "
-        "initialisation (rebuilt from the seed), the baseline: a correlation the initial bank shows too was not "
+        "initialisation (rebuilt from the seed; under weight decay shrunk as the rows training never reads were), the "
+        "baseline: a correlation the initial bank shows too was not "
         "learned; <b>update</b>: trained minus initial, what training wrote into the bank."
     )
     page.table(claim, "bank_claim")
