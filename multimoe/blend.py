@@ -328,6 +328,15 @@ class Blend(nn.Module):
         if product is not None:
             self.register_buffer("product_weight", torch.tensor(float(product_weight), dtype=torch.float64))
 
+    def describe(self) -> str:
+        """The pooling in words: "w x the network + t x gradient boosting[ + v x the per-modality machines' product]
+        (weighted mean | weighted geometric mean)", the weights to one decimal (they are a 0.1 grid's)."""
+        w = float(self.weight)
+        v = float(self.product_weight) if self.product is not None else 0.0
+        machines = "" if self.product is None else f" + {v:.1f} x the per-modality machines' product"
+        pool = "weighted geometric mean" if self.geometric else "weighted mean"
+        return f"{w:.1f} x the network + {max(1 - w - v, 0):.1f} x gradient boosting{machines} ({pool})"
+
     def costs(self, network: dict) -> dict:
         """``network``'s costs (``cost.model_costs``) with the fitted members added, as the baselines count theirs
         (sizes: not comparable to neural parameters): parameters and active parameters + the trees' nodes + the

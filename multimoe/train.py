@@ -143,12 +143,7 @@ def _blend(network, cfg: Config, splits: Splits, folder: RunFolder, notes: list[
     checkpoint's metadata."""
     model, chosen = fit_blend(network, cfg.model, cfg.seed, splits.train, splits.val, cfg.train.eval_batch_size,
                               device)  # fmt: skip
-    w, v = chosen["weight"], chosen.get("svm_weight")
-    svm = "" if v is None else f" + {v:.1f} x the per-modality machines' product"
-    trees = max(1 - w - (v or 0), 0)
-    pooled = "weighted geometric mean, " if cfg.model.blend_pool == "geometric" else ""
-    notes.append(f"blend: {w:.1f} x the network + {trees:.1f} x gradient boosting{svm} ({pooled}lowest validation "
-                 "log loss)")  # fmt: skip
+    notes.append(f"blend: {model.describe()}, the weights of lowest validation log loss")
     best_meta = read_meta(folder.best)
     save_checkpoint(folder.best, model, {**best_meta, "blend": chosen})
     return model

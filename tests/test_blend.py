@@ -24,6 +24,7 @@ from multimoe.evaluate import evaluate
 from multimoe.model import ModelOutput
 from multimoe.predict import load_predictor
 from multimoe.registry import load_config
+from multimoe.report import routing_report_frames
 from multimoe.runs.reopen import open_run
 from multimoe.train import train
 
@@ -310,6 +311,18 @@ def test_a_blends_costs_count_its_fitted_members():
     )
 
 
+def test_a_blend_says_how_it_pools():
+    from multimoe.blend import Blend
+
+    network = Oracle(None, DataSchema(("a", "b"), (2, 2), ("x", "y", "z")), 0)
+    three = Blend(network, hand_made_forest(), weight=0.3, product=hand_made_product(), product_weight=0.5,
+                  geometric=True)  # fmt: skip
+    assert three.describe() == ("0.3 x the network + 0.2 x gradient boosting + 0.5 x the per-modality machines' "
+                                "product (weighted geometric mean)")  # fmt: skip
+    two = Blend(network, hand_made_forest(), weight=1.0)
+    assert two.describe() == "1.0 x the network + 0.0 x gradient boosting (weighted mean)"
+
+
 @pytest.mark.parametrize("shift,weight", [(0, 1.0), (1, 0.0)])
 def test_the_three_weights_are_validations_choice(shift, weight, tmp_path):
     """With the machines as a third member: a network that is always right takes all the weight; one that is always
@@ -403,6 +416,9 @@ def test_a_run_blended_with_the_machines_predicts_reloads_and_exports(blended_sv
         np.testing.assert_allclose(probs, w * parts[0] + v * parts[1] + (1 - w - v) * parts[2], atol=1e-6)
     opened = open_run(run)  # the reloaded run evaluates as the run did
     assert evaluate(opened.model, opened.splits.test)["overall"] == summary["test"]["overall"]
+    assert note == f"blend: {opened.model.describe()}, the weights of lowest validation log loss"
+    report = routing_report_frames(run)["summary"].set_index("item")["value"]
+    assert report["blend"].startswith(opened.model.describe() + "; the test metrics are the blend's")
     network = sum(p.numel() for p in predictor.model.network.parameters())  # the sizes count every member
     members = predictor.model.costs({"parameters": 0, "active_parameters": 0, "flops_per_sample": 0})["parameters"]
     assert summary["parameters"] == network + members and members > predictor.model.trees.is_leaf.numel() > 0

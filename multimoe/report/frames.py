@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from multimoe.batch import combination_name, num_combinations
+from multimoe.blend import Blend
 from multimoe.config import ConfigError
 from multimoe.data.table import Table
 from multimoe.evaluate import metrics_from_predictions, predict
@@ -176,6 +177,9 @@ def report_frames(run: OpenRun) -> dict[str, pd.DataFrame]:
         "test macro F1": o["f1"],
         "test AUC": o["auc"],
         "architecture": run.cfg.model.arch,
+        "blend": run.model.describe() + "; the test metrics are the blend's, the routing its network's"
+        if isinstance(run.model, Blend)
+        else "none",
         "MoE layers": len(tally.layers) if members == 1 else f"{len(tally.layers)} ({members} members)",
         "experts": tally.layers[0][0].slots_GE.shape[1] if tally.layers else 0,
         "top-k": tally.top_k[0] if tally.top_k else None,
