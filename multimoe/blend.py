@@ -53,7 +53,8 @@ from multimoe.model import ModelOutput, build_model
 
 WEIGHTS = tuple(i / 10 for i in range(11))  # the network's weights w tried on validation
 TREE_KINDS = ("table", "embedding")  # the modality kinds the trees read (their columns)
-_SVM = ("sv", "coef", "intercept", "prob_a", "prob_b", "gamma", "pair", "classes")  # Product's arrays, per modality
+_SVM_NUMBERS = ("sv", "coef", "intercept", "prob_a", "prob_b")  # a machine's fitted numbers (its size)
+_SVM = (*_SVM_NUMBERS, "gamma", "pair", "classes")  # Product's arrays, per modality
 SVM_C = 10.0  # the per-modality machines' C (fixed: not tuned)
 FLOOR = 1e-6  # a machine's least class probability (a class it never saw)
 RATIO_CLIP = 1e-7  # pairwise probabilities kept in [clip, 1 - clip], as libsvm does
@@ -348,8 +349,7 @@ class Blend(nn.Module):
         flops = self.trees.tree_start.numel() * self.trees.depth
         if self.product is not None:
             for i in range(len(self.product.modalities)):
-                arrays = {key: getattr(self.product, f"{key}{i}") for key in ("sv", "coef", "intercept", "prob_a",
-                                                                               "prob_b")}  # fmt: skip
+                arrays = {key: getattr(self.product, f"{key}{i}") for key in _SVM_NUMBERS}
                 size += sum(a.numel() for a in arrays.values())
                 flops += 2 * arrays["sv"].numel() + 2 * arrays["coef"].numel()
         return {**network, "parameters": network["parameters"] + size,
@@ -409,12 +409,10 @@ def fit_blend(network: nn.Module, cfg: ModelConfig, seed: int, train: Multimodal
             if product is not None:
                 products.append(blend.product(batch).cpu())
     network.train(was_training)
-    p_net, p_product = torch.cat(nets), torch.cat(products) if products else None
+    p_net = torch.cat(nets)
+    p_product = torch.cat(products) if products else torch.zeros_like(p_net)
     p_trees = torch.from_numpy(hgb.predict(val).probs_NC)  # the torch trees' (to 1e-12), without a network pass
-    if p_product is None:
-        p_product, svm_weights = torch.zeros_like(p_trees), (0.0,)
-    else:
-        svm_weights = WEIGHTS
+    svm_weights = WEIGHTS if product is not None else (0.0,)
     losses = {}
     for w in WEIGHTS:
         for v in (v for v in svm_weights if w + v <= 1 + 1e-9):

@@ -43,9 +43,10 @@ def network(run: OpenRun) -> torch.nn.Module:
     return getattr(run.model, "network", run.model)
 
 
-def bank_networks(run: OpenRun) -> list[torch.nn.Module]:
-    """The networks whose banks the report reads: the run's network, or an ensemble's members (model.members)."""
-    net = network(run)
+def bank_networks(run: OpenRun, net: torch.nn.Module | None = None) -> list[torch.nn.Module]:
+    """The networks whose banks the report reads: the run's network (or ``net``, one built as it was), or an
+    ensemble's members (model.members)."""
+    net = network(run) if net is None else net
     return list(net.members) if run.cfg.model.members > 1 else [net]
 
 
@@ -59,7 +60,7 @@ def initial_banks(run: OpenRun) -> list[tuple[np.ndarray, float] | None]:
         built = build_model(run.cfg.model, run.splits.schema)
     M = run.splits.schema.num_modalities
     inits = []
-    for net, fresh in zip(bank_networks(run), list(built.members) if run.cfg.model.members > 1 else [built]):
+    for net, fresh in zip(bank_networks(run), bank_networks(run, built)):
         trained, init = net.fill.bank_SMPD.detach().cpu().numpy(), fresh.fill.bank_SMPD.detach().numpy()
         f = never_read_factor(trained, init, M)
         inits.append(None if f is None else (init * np.float32(f), f))
