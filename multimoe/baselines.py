@@ -199,6 +199,10 @@ class HGB(SklearnBaseline):
     def size(self) -> int:
         return int(sum(p.nodes.shape[0] for it in self.estimator._predictors for p in it))
 
+    def flops(self) -> int:
+        """One comparison per tree and level: the sum of the trees' depths (the most levels a sample walks)."""
+        return int(sum(p.nodes["depth"].max() for it in self.estimator._predictors for p in it))
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Every tree's nodes, concatenated in the order scikit-learn adds them (iteration, then class)."""
         est = self.estimator

@@ -31,7 +31,22 @@ def test_logreg_and_hgb_beat_chance_and_report_costs():
         assert result["overall"]["accuracy"] > 0.5  # chance 0.25
         assert model.costs()["parameters"] > 0
         assert np.isfinite(result["loss"])
-    assert model.costs()["flops_per_sample"] is None
+    assert model.costs()["flops_per_sample"] > 0
+
+
+def test_hgb_counts_one_comparison_per_tree_and_level():
+    from types import SimpleNamespace
+
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+
+    def tree(depths):
+        nodes = np.zeros(len(depths), dtype=PREDICTOR_RECORD_DTYPE)
+        nodes["depth"] = depths
+        return SimpleNamespace(nodes=nodes)
+
+    model = HGB(ModelConfig(arch="hgb"), seed=0)  # a stump, and a tree whose deepest leaf is two levels down
+    model.estimator = SimpleNamespace(_predictors=[[tree([0, 1, 1])], [tree([0, 1, 1, 2, 2])]])
+    assert model.costs() == {"parameters": 8, "active_parameters": 8, "flops_per_sample": 3}
 
 
 def test_late_fusion_averages_the_present_modalities():

@@ -160,3 +160,53 @@ def test_the_product_of_per_modality_classifiers_by_hand():
                                   lambda: fitted.append(next(made)) or fitted[-1])  # fmt: skip
     np.testing.assert_allclose(probs["test"], [[1 / 9, 8 / 9], [0.6, 0.4], [0.2, 0.8]], rtol=1e-12)
     assert [c.rows for c in fitted] == [3, 3]  # each fit on the training rows that have its modality
+
+
+RECOUNT_SWEEP = """
+name: recount
+seeds: [0]
+reference: hgb
+budget: tiny models, 2 epochs
+common: {data.synthetic.samples: 200, data.synthetic.modalities: 2, data.synthetic.features: 6, model.dim: 8,
+         model.tokens: 2, model.heads: 2, model.moe.hidden: 8, model.moe.router.top_k: 2, model.hgb_max_iter: 5,
+         train.epochs: 2, train.batch_size: 32}
+methods:
+  hgb: PRESETS/hgb.yaml
+  multimoe-blend-svm: {preset: PRESETS/multimoe-blend-svm.yaml, overrides: {model.members: 2}}
+grid:
+  - {data.name: synthetic, data.missing: "mcar:0.3"}
+"""
+
+
+def test_recounted_costs_are_a_fresh_runs_and_a_mismatch_stops_the_script(tmp_path, request):
+    from benchmarks.recount_costs import FIGURES, main
+    from multimoe.bench import load_sweep, read_cells, run_sweep
+    from multimoe.cost import model_costs
+    from multimoe.runs.reopen import open_run
+
+    sweep = tmp_path / "recount.yaml"
+    sweep.write_text(RECOUNT_SWEEP.replace("PRESETS", str(request.config.rootpath / "configs")))
+    store = run_sweep(load_sweep(sweep), tmp_path / "out", jobs=1, progress=False)
+    fresh = {c["method"]: {k: c[k] for k in FIGURES} for c in read_cells(store)}
+    assert fresh["hgb"]["flops_per_sample"] > 0  # written by today's code: the figures to give back
+    main([str(sweep), "--cells", str(store)])
+    assert not store.with_name("cells.jsonl.bak").exists()  # nothing to recount: the store is not touched
+
+    blend = next(c for c in read_cells(store) if c["method"] == "multimoe-blend-svm")
+    run = open_run(tmp_path / "out" / "runs" / blend["run"])
+    network = model_costs(run.model.network, run.cfg.model, run.splits.schema)
+    assert fresh["multimoe-blend-svm"]["parameters"] > network["parameters"]
+    old = []  # the cells as the code before the count stored them: hgb without FLOPs, the blend as its network
+    for c in read_cells(store):
+        old.append({**c, "flops_per_sample": None} if c["method"] == "hgb" else {**c, **network})
+    store.write_text("".join(json.dumps(c) + "\n" for c in old))
+    main([str(sweep), "--cells", str(store)])
+    assert {c["method"]: {k: c[k] for k in FIGURES} for c in read_cells(store)} == fresh
+    assert read_cells(store.with_name("cells.jsonl.bak")) == old
+    text = store.read_text()
+    main([str(sweep), "--cells", str(store)])
+    assert store.read_text() == text
+
+    store.write_text("".join(json.dumps({**c, "parameters": c["parameters"] + 1}) + "\n" for c in old))
+    with pytest.raises(SystemExit, match="nodes stored|neither the network's"):
+        main([str(sweep), "--cells", str(store)])
