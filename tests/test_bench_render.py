@@ -250,15 +250,16 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
                                                                  "train.lr": 0.1}  # fmt: skip
     sweep = Sweep(name="gaps", methods={m: {"preset": "-", "overrides": {}} for m in ("a", "b", "c", "d")},
                   grid=[low, high], seeds=[0, 1], description="Gaps.")  # fmt: skip
-    done = [("a", low, 0, 0.80, 10, 3), ("a", low, 1, 0.90, 20, 5), ("a", high, 0, 0.60, 60, 7),
-            ("b", low, 0, 0.70, 5, 2), ("c", high, 0, 0.55, 8, 1)]  # fmt: skip
+    done = [("a", low, 0, 0.80, 10, 3, 10, 10_005_001), ("a", low, 1, 0.90, 20, 5, 40, 30_000_000),
+            ("a", high, 0, 0.60, 60, 7, 16, 12_000_000), ("b", low, 0, 0.70, 5, 2, 10, None),
+            ("c", high, 0, 0.55, 8, 1, 10, 10_005_001)]  # fmt: skip
     cells = {(c["method"], json.dumps(c["point"]), c["seed"]): c for c in sweep.cells()}
     combos = [{"combination": "a", "index": 1, "size": 1, "n": 5, "accuracy": 0.4, "auc": 0.5, "f1": 0.4}]
-    for method, point, seed, acc, seconds, epochs in done:
+    for method, point, seed, acc, seconds, epochs, parameters, flops in done:
         cell = cells[method, json.dumps(point), seed]
         append_cell(tmp_path / "cells.jsonl", {**cell, "status": "ok", "dataset": "x", "classes": 10,
-                    "test": {"n": 10, "accuracy": acc, "f1": acc, "auc": 0.9}, "parameters": 10,
-                    "active_parameters": 4, "flops_per_sample": None if method == "b" else 10_005_001,
+                    "test": {"n": 10, "accuracy": acc, "f1": acc, "auc": 0.9}, "parameters": parameters,
+                    "active_parameters": 4, "flops_per_sample": flops,
                     "train_flops_per_sample": 70_035_007 if method == "c" else None,
                     "train_seconds": seconds, "epochs_run": epochs, "best_epoch": 1,
                     "combinations": combos if method == "c" else None,
@@ -291,8 +292,9 @@ def test_whole_readme_of_a_sweep_without_reference_with_gaps(tmp_path):
         "| dataset | method | parameters | active parameters | MFLOPs / sample | train MFLOPs / sample | "
         "train s (median) | epochs |\n"
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        # 10.005001 MFLOPs; medians of 10, 20, 60 s and 3, 5, 7 epochs; no training figure: the inference one
-        "| x | a | 10 | 4 | 10.01 | 10.01 | 20 | 5 |\n"
+        # medians of 10, 40, 16 parameters, 10.005001, 30 and 12 MFLOPs, 10, 20, 60 s and 3, 5, 7 epochs (a fitted
+        # model's size varies with its split); no training figure: the inference one
+        "| x | a | 16 | 4 | 12.00 | 12.00 | 20 | 5 |\n"
         "| x | b | 10 | 4 | – | – | 5 | 2 |\n"
         "| x | c | 10 | 4 | 10.01 | 70.04 | 8 | 1 |\n\n"  # 7 forwards per training sample: 70.035007
         "## Plots\n\n"

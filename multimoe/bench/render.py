@@ -279,11 +279,17 @@ def _mflops(value) -> str:
     return "–" if value is None or pd.isna(value) else f"{value / 1e6:.2f}"
 
 
+def _median(cells: pd.DataFrame, column: str) -> float:
+    """The median of a column over cells, NaN where none has it (None counts as missing)."""
+    return pd.to_numeric(cells[column], errors="coerce").median() if column in cells else float("nan")
+
+
 def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
-    """Per dataset and method: parameters, active parameters, forward MFLOPs per sample at inference and in a
-    training step (I2MoE's perturbed forwards, Conf-SMoE's confidence head), median training time. Cells stored
-    before the training figure was recorded show the inference one: the two are equal for every model but those
-    two, whose cells all have it."""
+    """Per dataset and method, medians over its cells (a fitted model's size varies with its split; a neural
+    model's does not): parameters, active parameters, forward MFLOPs per sample at inference and in a training step
+    (I2MoE's perturbed forwards, Conf-SMoE's confidence head), training time, epochs. Cells stored before the
+    training figure was recorded show the inference one: the two are equal for every model but those two, whose
+    cells all have it."""
     lines = ["| dataset | method | parameters | active parameters | MFLOPs / sample | train MFLOPs / sample | "
              "train s (median) | epochs |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     grid = {d: i for i, d in enumerate(dict.fromkeys(frame.dataset))}  # the grid's order, then the sweep's methods
@@ -291,11 +297,10 @@ def markdown_costs(frame: pd.DataFrame, sweep: Sweep) -> str:
     for (dataset, method), g in sorted(
         frame.groupby(["dataset", "method"]), key=lambda kv: (grid[kv[0][0]], order[kv[0][1]])
     ):
-        flops = g.flops_per_sample.iloc[0]
-        train = g.train_flops_per_sample.iloc[0] if "train_flops_per_sample" in g else None
-        train = flops if train is None or pd.isna(train) else train
+        flops, train = _median(g, "flops_per_sample"), _median(g, "train_flops_per_sample")
+        train = flops if pd.isna(train) else train
         lines.append(
-            f"| {dataset} | {method} | {int(g.parameters.iloc[0]):,} | {int(g.active_parameters.iloc[0]):,} | "
+            f"| {dataset} | {method} | {_median(g, 'parameters'):,.0f} | {_median(g, 'active_parameters'):,.0f} | "
             f"{_mflops(flops)} | {_mflops(train)} | {g.train_seconds.median():.0f} | {g.epochs_run.median():.0f} |"
         )
     return "\n".join(lines)
