@@ -72,7 +72,7 @@ def recount(sweep_path: str, cells_path: Path) -> tuple[int, list[dict]]:
         if cfg.model.arch == "hgb":
             if record["parameters"] != hgb.size():
                 raise SystemExit(f"{record['key']}: {record['parameters']} nodes stored, {hgb.size()} refit")
-            new = {**{k: record[k] for k in FIGURES}, "flops_per_sample": hgb.flops()}
+            new = {**{k: record.get(k) for k in FIGURES}, "flops_per_sample": hgb.flops()}
         else:
             model_cfg, _ = resolve(cfg.model, splits.schema)
             net = build_model(model_cfg, splits.schema)
@@ -84,13 +84,14 @@ def recount(sweep_path: str, cells_path: Path) -> tuple[int, list[dict]]:
                     got["product"] = Product(splits.schema).fit(splits.train, seed)
                 product = got["product"]
             new = Blend(net, trees, product=product).costs(network)
-            was = {k: record[k] for k in FIGURES}
+            was = {k: record.get(k) for k in FIGURES}
             if was != {k: network[k] for k in FIGURES} and was != {k: new[k] for k in FIGURES}:
                 raise SystemExit(f"{record['key']}: stored {was}, neither the network's {network} nor the blend's")
-        if any(record[k] != new[k] for k in FIGURES):
-            stored[i] = {**record, **{k: new[k] for k in FIGURES}}
+        updates = {k: new[k] for k in FIGURES if record.get(k) != new[k]}  # cells older than a figure lack it
+        if updates:
+            stored[i] = {**record, **updates}
             changed += 1
-        moved = ", ".join(f"{k} {record[k]} -> {new[k]}" for k in FIGURES if record[k] != new[k]) or "unchanged"
+        moved = ", ".join(f"{k} {record.get(k)} -> {v}" for k, v in updates.items()) or "unchanged"
         print(f"[{n}/{len(todo)}] {cell['method']} {cell['point']} seed {seed}: {moved}", flush=True)
     return changed, stored
 
