@@ -235,6 +235,9 @@ def test_an_ensembles_report_tests_each_members_bank(tmp_path):
     assert set(rows["member"]) == {0, 1} and (rows.loc[rows["train_samples"] > 0, "relative_update"] > 0).all()
     doc, _ = render_html(frames)
     assert "the figures and the summary show member 0" in doc and "Spearman (update) of every member" in doc
+    read = rows[rows["train_samples"] > 0]
+    medians = [float(np.median(read.loc[read["member"] == k, "relative_update"])) for k in (0, 1)]
+    assert f"moved by a median {medians[0]:.4f}, {medians[1]:.4f} of their initial norm, member by member" in doc
 
 
 def test_under_weight_decay_the_init_baseline_is_the_shrunk_initialisation(tmp_path):

@@ -300,13 +300,22 @@ def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list
     )
     page.figure("bank_matrices", figs.bank_matrices(pairs, modalities, fill), f"bank cosine matrices ({fill})")
     if "relative_update" in rows:
-        read = rows[rows["train_samples"] > 0]
-        page.p(
-            f"Fills read in training moved by a median {format_cell(float(read['relative_update'].median()))} of "
-            f"their initial norm (cosine to their initial value: median "
-            f"{format_cell(float(read['cosine_to_init'].median()))})."
-        )
+        page.p(_moved(rows[rows["train_samples"] > 0]))
     page.table(rows, "bank_rows", fold=f"Bank fills ({len(rows)} readable rows)")
+
+
+def _moved(read: pd.DataFrame) -> str:
+    """How far the fills read in training moved from their initialisation: the median relative update and cosine,
+    per member of an ensemble (each member has its own bank)."""
+    if "member" not in read:
+        return (f"Fills read in training moved by a median {format_cell(float(read['relative_update'].median()))} of "
+                f"their initial norm (cosine to their initial value: median "
+                f"{format_cell(float(read['cosine_to_init'].median()))}).")  # fmt: skip
+    by = read.groupby("member")
+    moved = ", ".join(format_cell(float(v)) for v in by["relative_update"].median())
+    cosine = ", ".join(format_cell(float(v)) for v in by["cosine_to_init"].median())
+    return (f"Fills read in training moved by a median {moved} of their initial norm, member by member (cosine to "
+            f"their initial value: medians {cosine}).")  # fmt: skip
 
 
 def _ci(row: pd.Series, key: str) -> str:
