@@ -14,7 +14,7 @@ Any other mismatch means the refit is not the cell's and stops the script before
 those figures changes: no metric is recomputed. The old store is kept next to the new one as ``cells.jsonl.bak``,
 and a second run changes nothing.
 
-    python benchmarks/recount_costs.py configs/sweeps/accuracy.yaml     # from the repository's root; ~20 CPU-min
+    python benchmarks/recount_costs.py configs/sweeps/accuracy.yaml     # from the repository's root; ~30 min, 1 core
     multimoe bench configs/sweeps/accuracy.yaml --render-only          # the tables, recounted
 """
 
