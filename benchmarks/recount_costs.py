@@ -55,15 +55,13 @@ def recount(sweep_path: str, cells_path: Path) -> tuple[int, list[dict]]:
         cfg = load_config(preset, [f"{k}={yaml_scalar(v)}" for k, v in overrides.items()])
         if cfg.model.arch == "hgb" or cfg.model.blend != "none":
             todo[i] = (cfg, cell)
-    fits, changed = {}, 0
+    current, got, changed = None, {}, 0  # the split and fits of the grid point and seed at hand
     for n, (i, (cfg, cell)) in enumerate(sorted(todo.items(), key=lambda kv: _order(kv[1][1])), start=1):
         record = stored[i]
         seed = cell["seed"]
         data_key = (json.dumps(dataclasses.asdict(cfg.data), sort_keys=True), seed)
-        if data_key not in fits:  # one split, one forest and one set of machines per grid point and seed
-            fits.clear()
-            fits[data_key] = {"splits": prepare(build_table(cfg.data), cfg.data, seed)}
-        got = fits[data_key]
+        if data_key != current:  # one split, one forest and one set of machines per grid point and seed
+            current, got = data_key, {"splits": prepare(build_table(cfg.data), cfg.data, seed)}
         splits = got["splits"]
         hgb_key = ("hgb", cfg.model.hgb_max_iter)
         if hgb_key not in got:

@@ -307,15 +307,14 @@ def _bank_section(page: _Page, frames: dict[str, pd.DataFrame], modalities: list
 def _moved(read: pd.DataFrame) -> str:
     """How far the fills read in training moved from their initialisation: the median relative update and cosine,
     per member of an ensemble (each member has its own bank)."""
-    if "member" not in read:
-        return (f"Fills read in training moved by a median {format_cell(float(read['relative_update'].median()))} of "
-                f"their initial norm (cosine to their initial value: median "
-                f"{format_cell(float(read['cosine_to_init'].median()))}).")  # fmt: skip
-    by = read.groupby("member")
-    moved = ", ".join(format_cell(float(v)) for v in by["relative_update"].median())
-    cosine = ", ".join(format_cell(float(v)) for v in by["cosine_to_init"].median())
-    return (f"Fills read in training moved by a median {moved} of their initial norm, member by member (cosine to "
-            f"their initial value: medians {cosine}).")  # fmt: skip
+    groups = [g for _, g in read.groupby("member")] if "member" in read else [read]
+    moved = ", ".join(format_cell(float(g["relative_update"].median())) for g in groups)
+    cosine = ", ".join(format_cell(float(g["cosine_to_init"].median())) for g in groups)
+    each, plural = (", member by member", "s") if len(groups) > 1 else ("", "")
+    return (
+        f"Fills read in training moved by a median {moved} of their initial norm{each} (cosine to their initial "
+        f"value: median{plural} {cosine})."
+    )
 
 
 def _ci(row: pd.Series, key: str) -> str:
